@@ -1,0 +1,143 @@
+"""Models as flat sequences of named layers, and the splitter that cuts them into segments.
+
+Every model is an ``nn.Sequential`` whose children carry readable names (``conv1``, ``pool2``,
+``layer3``, ``fc``...). A cut layer is the name of the last layer of the segment before the cut
+(or its 1-based position), so ``cut_layers: [pool2]`` on FmnistCNN gives the client
+conv1..pool2 and the server flatten..fc2.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from raysplit.errors import ConfigError
+
+
+def fmnist_cnn(in_channels: int = 1, num_classes: int = 10, image_size: int = 28) -> nn.Sequential:
+    """The issue's Fashion-MNIST CNN (3136 = 64 * 7 * 7 for 28x28 inputs)."""
+    flat = 64 * (image_size // 4) ** 2
+    return nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(in_channels, 32, 3, padding=1)), ("relu1", nn.ReLU()), ("pool1", nn.MaxPool2d(2)),
+        ("conv2", nn.Conv2d(32, 64, 3, padding=1)), ("relu2", nn.ReLU()), ("pool2", nn.MaxPool2d(2)),
+        ("flatten", nn.Flatten()),
+        ("fc1", nn.Linear(flat, 128)), ("relu3", nn.ReLU()),
+        ("fc2", nn.Linear(128, num_classes)),
+    ]))
+
+
+def mlp(in_features: int, num_classes: int = 2, hidden: Sequence[int] = (64, 32)) -> nn.Sequential:
+    """A small MLP for tabular data (breast-cancer Wisconsin) and fast tests."""
+    layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
+    width = in_features
+    for i, h in enumerate(hidden, start=1):
+        layers += [(f"fc{i}", nn.Linear(width, h)), (f"relu{i}", nn.ReLU())]
+        width = h
+    layers.append((f"fc{len(hidden) + 1}", nn.Linear(width, num_classes)))
+    return nn.Sequential(OrderedDict(layers))
+
+
+_VGG_CFG = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+              512, 512, 512, 512, "M"],
+}
+
+
+def vgg(depth: str, in_channels: int = 3, num_classes: int = 10, batch_norm: bool = True) -> nn.Sequential:
+    """CIFAR-style VGG for small images: the torchvision feature stack, then one Linear(512, classes).
+
+    Pools use ``ceil_mode`` so 28x28 inputs survive the five halvings (28-14-7-4-2-1) as 32x32 do.
+    """
+    layers: list[tuple[str, nn.Module]] = []
+    width, conv_i, pool_i = in_channels, 0, 0
+    for v in _VGG_CFG[depth]:
+        if v == "M":
+            pool_i += 1
+            layers.append((f"pool{pool_i}", nn.MaxPool2d(2, ceil_mode=True)))
+            continue
+        conv_i += 1
+        layers.append((f"conv{conv_i}", nn.Conv2d(width, v, 3, padding=1)))
+        if batch_norm:
+            layers.append((f"bn{conv_i}", nn.BatchNorm2d(v)))
+        layers.append((f"relu{conv_i}", nn.ReLU()))
+        width = v
+    layers += [("avgpool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()), ("fc", nn.Linear(512, num_classes))]
+    return nn.Sequential(OrderedDict(layers))
+
+
+def resnet(depth: int, in_channels: int = 3, num_classes: int = 10) -> nn.Sequential:
+    """torchvision ResNet adapted to small images (3x3 stem, stride 1, no max-pool), flattened into stages."""
+    import torchvision
+
+    net = getattr(torchvision.models, f"resnet{depth}")(num_classes=num_classes)
+    return nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)),
+        ("bn1", net.bn1), ("relu", net.relu),
+        ("layer1", net.layer1), ("layer2", net.layer2), ("layer3", net.layer3), ("layer4", net.layer4),
+        ("avgpool", net.avgpool), ("flatten", nn.Flatten()), ("fc", net.fc),
+    ]))
+
+
+# name -> builder(input_shape, num_classes)
+MODELS: dict[str, Callable[[tuple[int, ...], int], nn.Sequential]] = {
+    "fmnist_cnn": lambda shape, k: fmnist_cnn(shape[0], k, shape[-1]),
+    "mlp": lambda shape, k: mlp(int(torch.Size(shape).numel()), k),
+    "vgg11": lambda shape, k: vgg("vgg11", shape[0], k),
+    "vgg13": lambda shape, k: vgg("vgg13", shape[0], k),
+    "vgg16": lambda shape, k: vgg("vgg16", shape[0], k),
+    "vgg19": lambda shape, k: vgg("vgg19", shape[0], k),
+    "resnet18": lambda shape, k: resnet(18, shape[0], k),
+    "resnet50": lambda shape, k: resnet(50, shape[0], k),
+}
+
+
+def build_model(name: str, input_shape: Sequence[int], num_classes: int, seed: int | None = None) -> nn.Sequential:
+    if name not in MODELS:
+        raise ConfigError("model.name", name, "one of " + ", ".join(sorted(MODELS)))
+    if seed is not None:
+        torch.manual_seed(seed)
+    return MODELS[name](tuple(input_shape), num_classes)
+
+
+def layer_names(model: nn.Sequential) -> list[str]:
+    return [name for name, _ in model.named_children()]
+
+
+def cut_positions(model: nn.Sequential, cuts: Sequence[str | int], field: str = "model.cut_layers",
+                  model_name: str = "model") -> list[int]:
+    """Resolve cut layers (names or 1-based positions) to split positions, validating them.
+
+    A position p means the segment before the cut holds layers [0, p). Cuts must be strictly increasing
+    and leave every segment non-empty.
+    """
+    names = layer_names(model)
+    depth = len(names)
+    allowed = f"a layer name of {model_name} before its last layer ({', '.join(names[:-1])}) or a position 1..{depth - 1}"
+    positions = []
+    for cut in cuts:
+        if isinstance(cut, bool):
+            raise ConfigError(field, cut, allowed)
+        if isinstance(cut, int) or (isinstance(cut, str) and cut.strip().lstrip("-").isdigit()):
+            pos = int(cut)
+            if not 1 <= pos <= depth - 1:
+                raise ConfigError(field, cut, f"{allowed}; {model_name} has {depth} layers")
+        elif isinstance(cut, str) and cut in names[:-1]:
+            pos = names.index(cut) + 1
+        else:
+            raise ConfigError(field, cut, allowed)
+        positions.append(pos)
+    if any(b <= a for a, b in zip(positions, positions[1:])):
+        raise ConfigError(field, list(cuts), "cut layers in increasing order of depth, each at a different layer")
+    return positions
+
+
+def split_model(model: nn.Sequential, positions: Sequence[int]) -> list[nn.Sequential]:
+    """Cut ``model`` at ``positions`` into len(positions)+1 segments that share the original modules."""
+    children = list(model.named_children())
+    bounds = [0, *positions, len(children)]
+    return [nn.Sequential(OrderedDict(children[a:b])) for a, b in zip(bounds, bounds[1:])]
