@@ -1,0 +1,61 @@
+"""The centralized reference: the unsplit network trained in one process, no Ray."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+from raysplit.accounting import FlopMeter
+from raysplit.algorithms.base import Plan, merge_stats
+from raysplit.data import batches
+from raysplit.parties import configure_torch, make_optimizer
+from raysplit.runtime import threads_for
+from raysplit.topology import ComposedNet
+
+
+class Centralized:
+    """The reference: the unsplit network trained in this process, no Ray, on all training data."""
+
+    PARTY = "central"
+
+    def __init__(self, plan: Plan, capture_ledger: bool = False, progress: bool = True):
+        self.plan, self.cfg = plan, plan.cfg
+        self.net = ComposedNet(plan.topology, copy.deepcopy(plan.modules))
+        self.meter = FlopMeter()
+
+    def start(self) -> None:
+        configure_torch(threads_for(self.cfg.runtime.worker), self.cfg.runtime.deterministic)
+        self.opt = make_optimizer(self.net.parameters(), self.cfg.training)
+        self.indices = np.arange(len(self.plan.dataset.train_y))
+
+    def train_batch(self, idx: np.ndarray) -> dict:
+        ds, topo = self.plan.dataset, self.plan.topology
+        x, y = torch.from_numpy(ds.train_x[idx]), torch.from_numpy(ds.train_y[idx])
+        outs = self.net(x)
+        losses = {task: nn.functional.cross_entropy(out, topo.labels(task, y)) for task, out in outs.items()}
+        self.opt.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        self.opt.step()
+        self.meter.forward(self.PARTY, "net", self.net, [x], False)
+        self.meter.backward(self.PARTY, "net", self.net, [x], False)
+        return {task: (float(losses[task]) * len(y), int((out.argmax(1) == topo.labels(task, y)).sum()), len(y))
+                for task, out in outs.items()}
+
+    def run_round(self, r: int) -> dict:
+        out: dict = {}
+        epochs = self.cfg.training.local_epochs
+        for e in range(epochs):
+            for idx in batches(self.indices, self.cfg.training.batch_size, self.cfg.seed, r * epochs + e, 0):
+                merge_stats(out, self.train_batch(idx))
+        return out
+
+    def drain(self) -> tuple[list, dict]:
+        return [], self.meter.drain()
+
+    def model(self) -> ComposedNet:
+        return self.net
+
+    def stop(self) -> None:
+        pass

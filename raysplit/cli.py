@@ -1,0 +1,90 @@
+"""The ``raysplit`` command: run | validate | costs (more subcommands register in COMMANDS)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from raysplit.errors import RaysplitError
+
+
+def _load(args):
+    from raysplit import config
+
+    overrides = list(args.set or [])
+    if getattr(args, "address", None):
+        overrides.append(f"runtime.address={args.address}")
+    return config.load(args.config, overrides)
+
+
+def cmd_run(args) -> int:
+    from raysplit.experiment import run
+
+    cfg = _load(args)
+    result = run(cfg, out_dir=args.out, progress=not args.quiet)
+    last = result.metrics.iloc[-1]
+    print(f"test accuracy {last['test_acc']:.4f} after {int(last['round'])} rounds; "
+          f"results in {result.out_dir}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    import yaml
+
+    from raysplit import config
+    from raysplit.experiment import prepare
+
+    cfg = _load(args)
+    plan = prepare(cfg)
+    print(yaml.safe_dump(config.to_dict(cfg), sort_keys=False), end="")
+    print(f"# ok: {len(plan.dataset.train_y)} training samples over {cfg.data.num_clients} clients; "
+          f"segments: {', '.join(f'{s.name}@{s.owner}' for s in plan.topology.segments)}")
+    return 0
+
+
+def cmd_costs(args) -> int:
+    from analysis import cost_model
+
+    return cost_model.main(args.rest)
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="experiment YAML (see experiments/)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set training.lr=0.01 --set data.num_clients=100")
+    p.add_argument("--address", help="attach to a running Ray cluster (e.g. auto, ray://head:10001)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raysplit", description="Split learning vs federated learning on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="train one experiment and write a results directory")
+    _config_args(p)
+    p.add_argument("--out", help="results directory (default results/<name>-<timestamp>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("validate", help="check a config (data, model, cuts) and print it resolved")
+    _config_args(p)
+    p.set_defaults(fn=cmd_validate)
+    p = sub.add_parser("costs", help="analytic cost model and the papers' tables (see `raysplit costs -h`)",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_costs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        return args.fn(args)
+    except RaysplitError as e:
+        print(f"raysplit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("raysplit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""Experiment config: YAML -> typed, validated dataclasses.
+
+Each field's type and constraint live next to it (``field(metadata=...)``) and one generic loader checks
+them all, so a bad value always produces the same kind of one-line error naming the field, the value and
+what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from raysplit.errors import ConfigError
+
+
+def _rule(allowed: str | None = None, check=None, **kw):
+    return field(metadata={"allowed": allowed, "check": check}, **kw)
+
+
+positive = dict(check=lambda v: v > 0, allowed="a number > 0")
+non_negative = dict(check=lambda v: v >= 0, allowed="a number >= 0")
+fraction = dict(check=lambda v: 0 < v <= 1, allowed="a number in (0, 1]")
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["fashion_mnist", "synthetic", "cifar10", "cifar100", "breast_cancer", "medmnist"] = "fashion_mnist"
+    root: Optional[str] = None            # where datasets live; default ~/.cache/raysplit/data
+    num_clients: int = _rule(default=10, **positive)
+    partition: Literal["iid", "dirichlet", "shards"] = "iid"
+    alpha: float = _rule(default=0.5, **positive)          # Dirichlet concentration (label skew)
+    shards_per_client: int = _rule(default=2, **positive)
+    train_samples: Optional[int] = _rule(default=None, **positive)  # use a subset of the training set
+    test_samples: Optional[int] = _rule(default=None, **positive)
+    synthetic_samples: int = _rule(default=2048, **positive)
+    synthetic_shape: list[int] = field(default_factory=lambda: [1, 8, 8])
+    synthetic_classes: int = _rule(default=4, **positive)
+    medmnist_file: Optional[str] = None   # path to a MedMNIST .npz
+
+
+@dataclass
+class ModelConfig:
+    name: str = "fmnist_cnn"
+    cut_layers: list[Union[str, int]] = field(default_factory=lambda: ["pool2"])
+
+
+@dataclass
+class TrainingConfig:
+    rounds: int = _rule(default=3, **positive)
+    local_epochs: int = _rule(default=1, **positive)
+    batch_size: int = _rule(default=64, **positive)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = _rule(default=0.05, **positive)
+    momentum: float = _rule(default=0.9, **non_negative)
+    weight_decay: float = _rule(default=0.0, **non_negative)
+    client_order: Literal["fixed", "shuffled"] = "fixed"
+
+
+@dataclass
+class Resources:
+    num_cpus: float = _rule(default=1.0, **non_negative)
+    num_gpus: float = _rule(default=0.0, **non_negative)
+    torch_threads: Optional[int] = _rule(default=None, **positive)  # default: max(1, num_cpus)
+
+
+@dataclass
+class RuntimeConfig:
+    address: Optional[str] = None         # None: start a local Ray; "auto" or ray://host:port: attach
+    workers: int = _rule(default=1, **positive)   # worker actors hosting the virtual clients
+    worker: Resources = field(default_factory=Resources)
+    server: Resources = field(default_factory=Resources)
+    eval_every: int = _rule(default=1, **positive)
+    deterministic: bool = True            # torch.use_deterministic_algorithms in every party
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    seed: int = 0
+    algorithm: Literal["splitnn", "centralized"] = "splitnn"
+    topology: Literal["vanilla", "u_shaped", "extended", "multi_hop"] = "vanilla"
+    schedule: Literal["sequential"] = "sequential"
+    handoff: Literal["peer", "server"] = "peer"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    output_dir: Optional[str] = None      # default results/<name>-<timestamp>
+
+
+# --------------------------------------------------------------------------- loading and validation
+
+def _describe(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
+    if origin is Union:
+        return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None)) + " or null"
+    if origin is list:
+        return "a list of " + _describe(typing.get_args(tp)[0])
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp, path: str, meta: dict) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(path, value, f"a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}")
+        return _build(tp, value, path)
+    if origin is Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        for a in args:
+            try:
+                return _coerce(value, a, path, meta)
+            except ConfigError:
+                continue
+        raise ConfigError(path, value, meta.get("allowed") or _describe(tp))
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(path, value, _describe(tp))
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            value = [value]
+        return [_coerce(v, typing.get_args(tp)[0], path, {}) for v in value]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(path, value, "true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, value, meta.get("allowed") or "an integer")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(path, value, meta.get("allowed") or "a number")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(path, value, "a string")
+    check = meta.get("check")
+    if check is not None and not check(value):
+        raise ConfigError(path, value, meta["allowed"])
+    return value
+
+
+def _build(cls, raw: dict, prefix: str = ""):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(where, raw[key], f"a known key of {prefix or 'the config'}: {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in raw:
+            kwargs[name] = _coerce(raw[name], hints[name], f"{prefix}.{name}" if prefix else name, dict(f.metadata))
+    return cls(**kwargs)
+
+
+def set_by_path(raw: dict, dotted: str, value: Any) -> None:
+    """Apply one ``--set a.b.c=value`` override to a raw config mapping (values parsed as YAML)."""
+    *parents, last = dotted.split(".")
+    node = raw
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(dotted, value, f"a path through mappings; {p} is not a mapping")
+    node[last] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError("--set", text, "key=value, e.g. training.lr=0.01")
+    key, _, val = text.partition("=")
+    try:
+        parsed = yaml.safe_load(val) if val.strip() else None
+    except yaml.YAMLError:
+        parsed = val
+    return key.strip(), parsed
+
+
+def from_dict(raw: dict | None, overrides: list[str] = ()) -> ExperimentConfig:
+    raw = dict(raw or {})
+    for text in overrides:
+        set_by_path(raw, *parse_override(text))
+    cfg = _build(ExperimentConfig, raw)
+    validate(cfg)
+    return cfg
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("config", str(path), "a path to an existing YAML file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError("config", str(path), f"valid YAML{where}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError("config", str(path), "a YAML mapping of config keys")
+    return from_dict(raw, overrides)
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Cross-field checks that need no data or model (those are checked when the experiment is prepared)."""
+    if cfg.data.dataset == "medmnist" and not cfg.data.medmnist_file:
+        raise ConfigError("data.medmnist_file", None, "a path to a MedMNIST .npz file when data.dataset is medmnist")
+    if len(cfg.data.synthetic_shape) not in (1, 3) or any(s <= 0 for s in cfg.data.synthetic_shape):
+        raise ConfigError("data.synthetic_shape", cfg.data.synthetic_shape, "[features] or [channels, height, width], all > 0")
+
+
+def to_dict(cfg: ExperimentConfig) -> dict:
+    return dataclasses.asdict(cfg)

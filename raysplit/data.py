@@ -1,0 +1,214 @@
+"""Datasets (as normalized float32 numpy arrays) and client partitions (as index arrays).
+
+A dataset is loaded once by the driver and ``ray.put`` once; every party reads it zero-copy and a
+client holds only its index array.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from raysplit.config import DataConfig
+from raysplit.errors import ConfigError, DataError
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+
+
+@dataclass
+class Dataset:
+    name: str
+    train_x: np.ndarray   # float32, (n, *input_shape)
+    train_y: np.ndarray   # int64, (n,)
+    test_x: np.ndarray
+    test_y: np.ndarray
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("RAYSPLIT_DATA", Path.home() / ".cache" / "raysplit" / "data"))
+
+
+def _normalize(x: np.ndarray, mean: float | np.ndarray, std: float | np.ndarray) -> np.ndarray:
+    return ((x.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
+
+
+def _fashion_mnist(root: Path) -> Dataset:
+    import torchvision
+
+    raw = root / "FashionMNIST" / "raw"
+    if not all((raw / f).is_file() for f in FASHION_FILES):
+        # Debian's dataset-fashion-mnist ships the gzipped IDX files; torchvision wants them unpacked.
+        if all((DEBIAN_FASHION_MNIST / f"{f}.gz").is_file() for f in FASHION_FILES):
+            raw.mkdir(parents=True, exist_ok=True)
+            for f in FASHION_FILES:
+                tmp = raw / f"{f}.tmp"
+                with gzip.open(DEBIAN_FASHION_MNIST / f"{f}.gz", "rb") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                tmp.rename(raw / f)
+        else:
+            raise DataError(
+                f"data.dataset: fashion_mnist files not found in {raw} or {DEBIAN_FASHION_MNIST}; "
+                "install them with `apt-get install -y dataset-fashion-mnist` (or put the IDX files in the first folder)")
+    try:
+        train = torchvision.datasets.FashionMNIST(str(root), train=True, download=False)
+        test = torchvision.datasets.FashionMNIST(str(root), train=False, download=False)
+    except (RuntimeError, OSError, ValueError) as e:
+        raise DataError(f"data.dataset: fashion_mnist files in {raw} are unreadable ({e}); "
+                        "reinstall with `apt-get install --reinstall -y dataset-fashion-mnist`") from None
+
+    def prep(ds):
+        return _normalize(ds.data.numpy()[:, None], 0.2860, 0.3530), ds.targets.numpy().astype(np.int64)
+
+    (trx, try_), (tex, tey) = prep(train), prep(test)
+    return Dataset("fashion_mnist", trx, try_, tex, tey, 10)
+
+
+def _cifar(root: Path, classes: int) -> Dataset:
+    import torchvision
+
+    cls = torchvision.datasets.CIFAR10 if classes == 10 else torchvision.datasets.CIFAR100
+    name = f"cifar{classes}"
+    try:
+        train = cls(str(root), train=True, download=False)
+        test = cls(str(root), train=False, download=False)
+    except RuntimeError:
+        try:  # where the internet is reachable
+            train = cls(str(root), train=True, download=True)
+            test = cls(str(root), train=False, download=True)
+        except Exception:
+            raise DataError(f"data.dataset: {name} not found under {root} and could not be downloaded; "
+                            f"put the python-version CIFAR archive's folder ({cls.base_folder}) in data.root") from None
+    mean = np.array([0.4914, 0.4822, 0.4465], np.float32)[:, None, None]
+    std = np.array([0.2470, 0.2435, 0.2616], np.float32)[:, None, None]
+
+    def prep(ds):
+        return _normalize(ds.data.transpose(0, 3, 1, 2), mean, std), np.asarray(ds.targets, np.int64)
+
+    (trx, try_), (tex, tey) = prep(train), prep(test)
+    return Dataset(name, trx, try_, tex, tey, classes)
+
+
+def _breast_cancer(seed: int) -> Dataset:
+    from sklearn.datasets import load_breast_cancer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(y))
+    x, y = x[order].astype(np.float32), y[order].astype(np.int64)
+    n_test = len(y) // 5
+    mean, std = x[n_test:].mean(0), x[n_test:].std(0) + 1e-6   # statistics of the training part only
+    x = (x - mean) / std
+    return Dataset("breast_cancer", x[n_test:], y[n_test:], x[:n_test], y[:n_test], 2)
+
+
+def _medmnist(path: str) -> Dataset:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data.medmnist_file: {path!r} does not exist; expected a MedMNIST .npz file")
+    try:
+        z = np.load(p)
+        trx, try_, tex, tey = z["train_images"], z["train_labels"], z["test_images"], z["test_labels"]
+    except Exception:
+        raise DataError(f"data.medmnist_file: {path!r} is not a MedMNIST .npz "
+                        "(expected train_images, train_labels, test_images, test_labels)") from None
+
+    def prep(x):
+        x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+        return _normalize(x, 0.5, 0.5)
+
+    try_, tey = try_.reshape(len(try_), -1)[:, 0].astype(np.int64), tey.reshape(len(tey), -1)[:, 0].astype(np.int64)
+    return Dataset(p.stem, prep(trx), try_, prep(tex), tey, int(max(try_.max(), tey.max())) + 1)
+
+
+def synthetic(n: int, shape: tuple[int, ...], classes: int, seed: int) -> Dataset:
+    """Gaussian class prototypes plus noise: learnable, tiny, and deterministic from the seed."""
+    rng = np.random.default_rng(seed)
+    protos = rng.normal(size=(classes, *shape)).astype(np.float32)
+    n_test = max(classes, n // 4)
+
+    def draw(m):
+        y = rng.integers(0, classes, size=m)
+        return (protos[y] + 0.8 * rng.normal(size=(m, *shape))).astype(np.float32), y.astype(np.int64)
+
+    (trx, try_), (tex, tey) = draw(n), draw(n_test)
+    return Dataset("synthetic", trx, try_, tex, tey, classes)
+
+
+def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
+    root = Path(cfg.root) if cfg.root else default_root()
+    if cfg.dataset == "fashion_mnist":
+        ds = _fashion_mnist(root)
+    elif cfg.dataset in ("cifar10", "cifar100"):
+        ds = _cifar(root, 10 if cfg.dataset == "cifar10" else 100)
+    elif cfg.dataset == "breast_cancer":
+        ds = _breast_cancer(seed)
+    elif cfg.dataset == "medmnist":
+        ds = _medmnist(cfg.medmnist_file)
+    else:
+        ds = synthetic(cfg.synthetic_samples, tuple(cfg.synthetic_shape), cfg.synthetic_classes, seed)
+    if cfg.train_samples is not None:
+        ds.train_x, ds.train_y = ds.train_x[: cfg.train_samples], ds.train_y[: cfg.train_samples]
+    if cfg.test_samples is not None:
+        ds.test_x, ds.test_y = ds.test_x[: cfg.test_samples], ds.test_y[: cfg.test_samples]
+    return ds
+
+
+# --------------------------------------------------------------------------- partitions
+
+def partition(labels: np.ndarray, cfg: DataConfig, seed: int) -> list[np.ndarray]:
+    """Split training indices over ``cfg.num_clients`` clients; reproducible from the seed."""
+    n, k = len(labels), cfg.num_clients
+    if k > n:
+        raise ConfigError("data.num_clients", k, f"at most the number of training samples ({n})")
+    rng = np.random.default_rng([seed, 1])  # a stream of its own, independent of model init
+    if cfg.partition == "iid":
+        parts = np.array_split(rng.permutation(n), k)
+    elif cfg.partition == "shards":
+        shards = k * cfg.shards_per_client
+        if shards > n:
+            raise ConfigError("data.shards_per_client", cfg.shards_per_client,
+                              f"at most {n // k} (num_clients x shards_per_client <= {n} samples)")
+        pieces = np.array_split(np.argsort(labels, kind="stable"), shards)
+        order = rng.permutation(shards)
+        parts = [np.concatenate([pieces[j] for j in order[i::k]]) for i in range(k)]
+    else:
+        parts = _dirichlet(labels, k, cfg.alpha, rng)
+    return [np.sort(p).astype(np.int64) for p in parts]
+
+
+def _dirichlet(labels: np.ndarray, k: int, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
+    """Label skew: for each class, its samples are spread over clients in Dirichlet(alpha) proportions.
+
+    Redrawn (up to 100 times) until every client holds at least one sample.
+    """
+    for _ in range(100):
+        buckets: list[list[np.ndarray]] = [[] for _ in range(k)]
+        for c in np.unique(labels):
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            cuts = (np.cumsum(rng.dirichlet([alpha] * k)) * len(idx)).astype(int)[:-1]
+            for i, piece in enumerate(np.split(idx, cuts)):
+                buckets[i].append(piece)
+        parts = [np.concatenate(b) for b in buckets]
+        if min(len(p) for p in parts) > 0:
+            return parts
+    raise ConfigError("data.alpha", alpha, f"a larger alpha (with {k} clients some got no samples in 100 draws)")
+
+
+def batches(indices: np.ndarray, batch_size: int, seed: int, round_: int, client: int) -> list[np.ndarray]:
+    """A client's batches for one local epoch: its indices shuffled by (seed, round, client), then chunked.
+
+    Deterministic and independent of which actor hosts the client; the equivalence tests replay it.
+    """
+    rng = np.random.default_rng([seed, 2, round_, client])
+    order = indices[rng.permutation(len(indices))]
+    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]

@@ -1,0 +1,237 @@
+"""Parties and the split engine.
+
+``PartyHost`` is the one Ray actor class. An instance hosts the parties of one or more roles: a worker
+hosts many virtual clients (role ``client``, party ids ``client/<k>``); another hosts the server, a relay
+or a hop. It holds the live segment modules and optimizers of its roles.
+
+A training step is driven by the host of the data holder (the initiator): it walks the topology's
+segments in order, running its own segments in-process and calling the actors that hold the others,
+passing ObjectRefs from actor to actor; then it walks the non-head segments in reverse for the backward
+pass. Heads compute their loss and backward in the same call, so vanilla costs one round trip per step
+and U-shaped two: the minimum each topology needs. The driver is never inside a step.
+
+Everything a party sends to another party goes through ``self.ledger.send`` (accounting.py); every
+forward and backward is metered by ``self.meter``.
+"""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from typing import Any, Sequence
+
+import numpy as np
+import ray
+import torch
+from torch import nn
+
+from raysplit.accounting import FlopMeter, Ledger
+from raysplit.config import TrainingConfig
+from raysplit.data import batches
+from raysplit.topology import CLIENT, INPUT, Topology
+
+
+def party_id(role: str, client: int | None) -> str:
+    return f"{CLIENT}/{client}" if role == CLIENT else role
+
+
+def make_optimizer(params, cfg: TrainingConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def configure_torch(threads: int, deterministic: bool) -> None:
+    torch.set_num_threads(threads)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+class PartyHost:
+    def __init__(self, name: str, topology: Topology, roles: Sequence[str], modules: dict[str, nn.Module],
+                 training: TrainingConfig, seed: int, threads: int = 1, use_gpu: bool = False,
+                 deterministic: bool = True, capture_ledger: bool = False,
+                 data_x: np.ndarray | None = None, data_y: np.ndarray | None = None, client_indices: dict[int, np.ndarray] | None = None):
+        configure_torch(threads, deterministic)
+        self.name, self.topo, self.roles, self.training, self.seed = name, topology, set(roles), training, seed
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        # live segments of the roles hosted here, each with its own optimizer (per-parameter optimizers make
+        # this identical to one optimizer over the unsplit network)
+        self.modules = {n: m.to(self.device) for n, m in modules.items() if topology.segment(n).owner in self.roles}
+        self.optims = {n: make_optimizer(m.parameters(), training) for n, m in self.modules.items()}
+        self.data = {"x": data_x, "y": data_y}         # zero-copy views of the object store (None: holds no data)
+        self.client_indices = client_indices or {}
+        self.peers: dict[str, Any] = {}                # role -> actor handle, for roles hosted elsewhere
+        self.ledger, self.meter = Ledger(capture_ledger), FlopMeter()
+        self.stash: dict[tuple[str, str], tuple[list[torch.Tensor], torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------ wiring and state
+    def ping(self) -> str:
+        return f"{self.name} on {os.uname().nodename} ({self.device})"
+
+    def set_peers(self, peers: dict[str, Any]) -> None:
+        self.peers = {r: h for r, h in peers.items() if r not in self.roles}
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def segment_states(self, roles: Sequence[str] | None = None) -> dict[str, dict]:
+        return {n: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
+                for n, m in self.modules.items() if roles is None or self.topo.segment(n).owner in roles}
+
+    def export_client(self) -> dict:
+        """The client-side segments' weights and optimizer state: what a hand-off carries."""
+        names = [n for n in self.modules if self.topo.segment(n).owner == CLIENT]
+        return {"model": self.segment_states([CLIENT]), "optim": {n: self.optims[n].state_dict() for n in names}}
+
+    def load_client(self, payload: dict) -> None:
+        for n, sd in payload["model"].items():
+            self.modules[n].load_state_dict(sd)
+        for n, sd in payload["optim"].items():
+            self.optims[n].load_state_dict(sd)
+
+    def drain(self) -> tuple[list, dict]:
+        return self.ledger.drain(), self.meter.drain()
+
+    # ------------------------------------------------------------------ one segment, forward or backward
+    def _inputs(self, seg, idx, party_inputs) -> list[torch.Tensor]:
+        it = iter(party_inputs)
+        xs = []
+        for i in seg.inputs:
+            if i == INPUT:
+                x = torch.from_numpy(self.data["x"][idx]).to(self.device)
+                xs.append(self.topo.view(seg.owner, x))
+            else:  # a leaf of this segment's own graph; its gradient is what goes back upstream
+                xs.append(next(it).to(self.device).detach().requires_grad_(True))
+        return xs
+
+    def _send_input_grads(self, seg, xs, me: str, client) -> list[torch.Tensor]:
+        out = []
+        for i, x in zip(seg.inputs, xs):
+            if i != INPUT:
+                src_owner = party_id(self.topo.segment(i).owner, client)
+                out.append(self.ledger.send(me, src_owner, "gradient", x.grad))
+        return out
+
+    def seg_forward(self, client, name: str, clock, idx, labels, *inputs):
+        """Forward of one segment. For a head: loss, backward and update too; returns (*input grads, stats)."""
+        self.ledger.round, self.ledger.step = clock
+        seg = self.topo.segment(name)
+        me, module = party_id(seg.owner, client), self.modules[name]
+        xs = self._inputs(seg, idx, inputs)
+        input_grad = any(i != INPUT for i in seg.inputs)
+        out = module(*xs)
+        self.meter.forward(me, name, module, xs, input_grad)
+        if not seg.task:
+            self.stash[(me, name)] = (xs, out)
+            result = out.detach()
+            for dst in dict.fromkeys(party_id(c.owner, client) for c in self.topo.consumers(name)):
+                result = self.ledger.send(me, dst, "activation", result)
+            return result
+        y = labels.to(self.device) if labels is not None else self._labels(seg.task, idx)
+        loss = nn.functional.cross_entropy(out, y)
+        self.optims[name].zero_grad(set_to_none=True)
+        loss.backward()
+        self.meter.backward(me, name, module, xs, input_grad)
+        self.optims[name].step()
+        stats = {seg.task: (float(loss.detach()) * len(y), int((out.argmax(1) == y).sum()), len(y))}
+        return (*self._send_input_grads(seg, xs, me, client), stats)
+
+    def seg_backward(self, client, name: str, clock, *grads):
+        """Backward of a non-head segment from the sum of its consumers' gradients; update; send input grads."""
+        self.ledger.round, self.ledger.step = clock
+        seg = self.topo.segment(name)
+        me, module = party_id(seg.owner, client), self.modules[name]
+        xs, out = self.stash.pop((me, name))
+        g = sum(gr.to(self.device) for gr in grads)
+        self.optims[name].zero_grad(set_to_none=True)
+        out.backward(g)
+        self.meter.backward(me, name, module, xs, any(i != INPUT for i in seg.inputs))
+        self.optims[name].step()
+        sent = self._send_input_grads(seg, xs, me, client)
+        return tuple(sent) if len(sent) > 1 else (sent[0] if sent else None)
+
+    def _labels(self, task: str, idx) -> torch.Tensor:
+        return self.topo.labels(task, torch.from_numpy(self.data["y"][idx])).to(self.device)
+
+    # ------------------------------------------------------------------ the engine: one step, one turn
+    def _call(self, role: str, method: str, num_returns: int, *args):
+        """Run a segment method here if this actor hosts the role, else on the actor that does (no wait)."""
+        if role in self.roles:
+            return getattr(self, method)(*args)
+        return getattr(self.peers[role], method).options(num_returns=num_returns).remote(*args)
+
+    @staticmethod
+    def _local(values, here: bool):
+        """Values consumed in-process must be materialized; remote consumers get the ObjectRefs as they are."""
+        return [ray.get(v) if here and isinstance(v, ray.ObjectRef) else v for v in values]
+
+    def run_step(self, client, clock, idx: np.ndarray) -> dict:
+        topo, vals = self.topo, {}
+        grads: dict[str, list] = defaultdict(list)
+        stats, pending = [], []
+        for seg in topo.segments:
+            here = seg.owner in self.roles
+            ins = self._local([vals[i] for i in seg.inputs if i != INPUT], here)
+            reads_data = INPUT in seg.inputs or (seg.task and topo.label_holders[seg.task] == seg.owner)
+            seg_idx = idx if reads_data else None
+            labels = None
+            if seg.task and topo.label_holders[seg.task] != seg.owner:
+                # labels travel from their holder (a data holder hosted here) to the head's owner
+                holder = party_id(topo.label_holders[seg.task], client)
+                labels = self.ledger.send(holder, party_id(seg.owner, client), "labels", self._labels(seg.task, idx))
+            if not seg.task:
+                vals[seg.name] = self._call(seg.owner, "seg_forward", 1, client, seg.name, clock, seg_idx, labels, *ins)
+                continue
+            n_grads = sum(i != INPUT for i in seg.inputs)
+            res = self._call(seg.owner, "seg_forward", n_grads + 1, client, seg.name, clock, seg_idx, labels, *ins)
+            *gs, st = res if isinstance(res, (list, tuple)) else [res]
+            stats.append(st)
+            for i, g in zip([i for i in seg.inputs if i != INPUT], gs):
+                grads[i].append(g)
+        for seg in reversed([s for s in topo.segments if not s.task]):
+            here = seg.owner in self.roles
+            srcs = [i for i in seg.inputs if i != INPUT]
+            res = self._call(seg.owner, "seg_backward", max(1, len(srcs)), client, seg.name, clock,
+                             *self._local(grads.pop(seg.name), here))
+            res = list(res) if len(srcs) > 1 else [res]
+            if srcs:
+                for i, g in zip(srcs, res):
+                    grads[i].append(g)
+            elif not here:
+                pending.append(res[0])       # a remote data holder's last backward: wait for it below
+        remote = [s for s in stats if isinstance(s, ray.ObjectRef)]
+        merged: dict[str, tuple] = {}
+        for st in ray.get(remote + pending)[: len(remote)] + [s for s in stats if not isinstance(s, ray.ObjectRef)]:
+            merged.update(st)
+        return merged
+
+    def train_turn(self, client: int, round_: int, payload: dict | None, next_party: str | None) -> tuple[dict, dict]:
+        """One client's turn in a sequential round: take the hand-off, train on local batches, hand off."""
+        me = party_id(CLIENT, client)
+        if payload is not None:
+            self.load_client(payload)
+        torch.manual_seed(hash((self.seed, round_, client)) % 2**31)   # hosting-independent randomness
+        totals: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(3))
+        epochs = self.training.local_epochs
+        step = 0
+        for e in range(epochs):
+            for idx in batches(self.client_indices[client], self.training.batch_size, self.seed, round_ * epochs + e, client):
+                for task, v in self.run_step(client, (round_, step), idx).items():
+                    totals[task] += v
+                step += 1
+        state = self.export_client()
+        if next_party is not None:
+            state = self.hand_off(state, me, next_party, round_)
+        return state, {t: v.tolist() for t, v in totals.items()}
+
+    def relay(self, payload: dict, dst: str, round_: int) -> dict:
+        """Server-mediated hand-off: the server passes the client-side weights on to the next client."""
+        return self.hand_off(payload, "server", dst, round_)
+
+    def hand_off(self, state: dict, src: str, dst: str, round_: int) -> dict:
+        self.ledger.round = round_
+        return {"model": self.ledger.send(src, dst, "weights", state["model"]),
+                "optim": self.ledger.send(src, dst, "optimizer_state", state["optim"])}
+
+
+RemotePartyHost = ray.remote(PartyHost)

@@ -1,0 +1,30 @@
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session (2 CPUs, as on the CI machine)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def small_config(*sets: str):
+    """A tiny synthetic experiment: fast enough to run many times per test session."""
+    from raysplit import config
+
+    raw = {
+        "name": "test", "seed": 7,
+        "data": {"dataset": "synthetic", "num_clients": 3, "synthetic_samples": 96, "synthetic_shape": [1, 8, 8],
+                 "synthetic_classes": 4},
+        "model": {"name": "fmnist_cnn", "cut_layers": ["pool1"]},
+        "training": {"rounds": 2, "batch_size": 16, "lr": 0.05, "momentum": 0.9},
+        "runtime": {"workers": 1, "worker": {"num_cpus": 0.5}, "server": {"num_cpus": 0.5}},
+    }
+    return config.from_dict(raw, list(sets))
