@@ -42,14 +42,29 @@ def payload_nbytes(payload: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tensors_in(payload))
 
 
-def to_cpu(payload: Any) -> Any:
-    """Tensors leave a party on the CPU so any receiver (CPU or another GPU) can load them."""
+def to_wire(payload: Any) -> Any:
+    """Tensors travel as numpy arrays: Ray moves those zero-copy through its object store, while pickling a
+    torch tensor copies it (measured: 3x slower per step at FmnistCNN's cut). GPU tensors come to the CPU."""
     if isinstance(payload, torch.Tensor):
-        return payload.detach().cpu() if payload.is_cuda else payload.detach()
+        return payload.detach().cpu().numpy()
     if isinstance(payload, dict):
-        return {k: to_cpu(v) for k, v in payload.items()}
+        return {k: to_wire(v) for k, v in payload.items()}
     if isinstance(payload, (list, tuple)):
-        return type(payload)(to_cpu(v) for v in payload)
+        return type(payload)(to_wire(v) for v in payload)
+    return payload
+
+
+def receive(payload: Any, device: torch.device | str = "cpu") -> Any:
+    """The receiving side of ``Ledger.send``: wire arrays back to tensors on the receiver's device."""
+    if isinstance(payload, np.ndarray):
+        # arrays from the object store are read-only views; a private copy is cheap and safe to train on
+        return torch.from_numpy(payload if payload.flags.writeable else payload.copy()).to(device)
+    if isinstance(payload, torch.Tensor):
+        return payload.to(device)
+    if isinstance(payload, dict):
+        return {k: receive(v, device) for k, v in payload.items()}
+    if isinstance(payload, (list, tuple)):
+        return type(payload)(receive(v, device) for v in payload)
     return payload
 
 
@@ -85,7 +100,7 @@ class Ledger:
         self.step = 0
 
     def send(self, src: str, dst: str, kind: str, payload: Any) -> Any:
-        """Record that ``payload`` goes from ``src`` to ``dst`` and return it ready to travel (on CPU)."""
+        """Record that ``payload`` goes from ``src`` to ``dst`` and return it ready to travel (``to_wire``)."""
         if src == dst:
             return payload
         assert kind in KINDS, kind
@@ -93,7 +108,7 @@ class Ledger:
         if self.capture:
             fps = frozenset().union(*(row_fingerprints(t) for t in tensors_in(payload)))
         self.entries.append(Entry(self.round, self.step, src, dst, kind, payload_nbytes(payload), fps))
-        return to_cpu(payload)
+        return to_wire(payload)
 
     def drain(self) -> list[Entry]:
         out, self.entries = self.entries, []
@@ -126,7 +141,7 @@ def count_flops(module: torch.nn.Module, inputs: Sequence[torch.Tensor], input_g
           for t in inputs]
     with FlopCounterMode(display=False) as fwd:
         out = probe(*xs)
-    outs = [o for o in (out if isinstance(out, (tuple, list)) else [out]) if o.requires_grad]
+    outs = [o for o in tensors_in(out) if o.requires_grad]
     with FlopCounterMode(display=False) as bwd:
         if outs:
             torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])

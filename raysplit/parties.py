@@ -24,7 +24,7 @@ import ray
 import torch
 from torch import nn
 
-from raysplit.accounting import FlopMeter, Ledger
+from raysplit.accounting import FlopMeter, Ledger, receive
 from raysplit.config import TrainingConfig
 from raysplit.data import batches
 from raysplit.topology import CLIENT, INPUT, Topology
@@ -84,6 +84,7 @@ class PartyHost:
         return {"model": self.segment_states([CLIENT]), "optim": {n: self.optims[n].state_dict() for n in names}}
 
     def load_client(self, payload: dict) -> None:
+        payload = receive(payload, self.device)
         for n, sd in payload["model"].items():
             self.modules[n].load_state_dict(sd)
         for n, sd in payload["optim"].items():
@@ -101,7 +102,7 @@ class PartyHost:
                 x = torch.from_numpy(self.data["x"][idx]).to(self.device)
                 xs.append(self.topo.view(seg.owner, x))
             else:  # a leaf of this segment's own graph; its gradient is what goes back upstream
-                xs.append(next(it).to(self.device).detach().requires_grad_(True))
+                xs.append(receive(next(it), self.device).detach().requires_grad_(True))
         return xs
 
     def _send_input_grads(self, seg, xs, me: str, client) -> list[torch.Tensor]:
@@ -127,7 +128,7 @@ class PartyHost:
             for dst in dict.fromkeys(party_id(c.owner, client) for c in self.topo.consumers(name)):
                 result = self.ledger.send(me, dst, "activation", result)
             return result
-        y = labels.to(self.device) if labels is not None else self._labels(seg.task, idx)
+        y = receive(labels, self.device) if labels is not None else self._labels(seg.task, idx)
         loss = nn.functional.cross_entropy(out, y)
         self.optims[name].zero_grad(set_to_none=True)
         loss.backward()
@@ -142,7 +143,7 @@ class PartyHost:
         seg = self.topo.segment(name)
         me, module = party_id(seg.owner, client), self.modules[name]
         xs, out = self.stash.pop((me, name))
-        g = sum(gr.to(self.device) for gr in grads)
+        g = sum(receive(gr, self.device) for gr in grads)
         self.optims[name].zero_grad(set_to_none=True)
         out.backward(g)
         self.meter.backward(me, name, module, xs, any(i != INPUT for i in seg.inputs))

@@ -89,3 +89,16 @@ def test_local_epochs_and_more_clients_than_workers(ray_session):
     plan = prepare(small_config("training.local_epochs=2", "training.rounds=1", "data.num_clients=4",
                                 "runtime.workers=2", "runtime.worker.num_cpus=0.5", "runtime.server.num_cpus=0.5"))
     assert max_param_diff(train_split(plan), centralized_replay(plan)) <= TOL
+
+
+def test_centralized_algorithm_equals_split_with_one_client(ray_session):
+    """The `centralized` algorithm (all data, one process) sees the same batches as a single client."""
+    from raysplit.algorithms import Centralized
+
+    plan = prepare(small_config("data.num_clients=1"))
+    ref = Centralized(plan, progress=False)
+    ref.start()
+    stats = [ref.run_round(r) for r in range(plan.cfg.training.rounds)]
+    assert stats[-1]["y"][2] == len(plan.dataset.train_y)
+    assert ref.drain()[1][("central", "forward")] > 0
+    assert max_param_diff(ref.model(), train_split(plan)) <= TOL

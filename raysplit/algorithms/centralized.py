@@ -40,7 +40,7 @@ class Centralized:
         self.opt.step()
         self.meter.forward(self.PARTY, "net", self.net, [x], False)
         self.meter.backward(self.PARTY, "net", self.net, [x], False)
-        return {task: (float(losses[task]) * len(y), int((out.argmax(1) == topo.labels(task, y)).sum()), len(y))
+        return {task: (float(losses[task].detach()) * len(y), int((out.argmax(1) == topo.labels(task, y)).sum()), len(y))
                 for task, out in outs.items()}
 
     def run_round(self, r: int) -> dict:

@@ -7,6 +7,7 @@ from collections import defaultdict
 import ray
 from tqdm import tqdm
 
+from raysplit.accounting import receive
 from raysplit.algorithms.base import Plan, merge_stats
 from raysplit.parties import party_id
 from raysplit.runtime import Hosts, connect, start_hosts, stop_hosts
@@ -64,7 +65,7 @@ class SplitNN:
         return entries, dict(flops)
 
     def model(self) -> ComposedNet:
-        client = ray.get(self.state_ref)["model"] if self.state_ref is not None else {}
+        client = receive(ray.get(self.state_ref)["model"]) if self.state_ref is not None else {}
         states = dict(client)
         for h in self.hosts.roles.values():
             states.update(ray.get(h.segment_states.remote(None)))
