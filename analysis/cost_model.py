@@ -18,6 +18,9 @@ come from tensor shapes. The conventions are those of the runtime's ledger and m
   backward on the local batch; the gradient goes up (parameters x bytes per element) and the new
   weights come down (state_dict floating-point tensors).
 
+``first_input_grad=True`` (all three methods) also counts the gradient w.r.t. the raw input, which no
+method needs: it is a counting convention the paper tables try, not what the runtime does.
+
 Command line: ``python -m analysis.cost_model {query,tables,crossover} ...`` (also ``raysplit costs``).
 """
 from __future__ import annotations
@@ -242,11 +245,11 @@ def splitnn_costs(model: str, input_shape: Sequence[int], num_classes: int, cuts
 
 def fedavg_costs(model: str, input_shape: Sequence[int], num_classes: int, samples_per_client: int,
                  num_clients: int, rounds: int, batch_size: int, *, local_epochs: int = 1,
-                 bytes_per_element: int = 4) -> MethodCosts:
+                 bytes_per_element: int = 4, first_input_grad: bool = False) -> MethodCosts:
     """Federated averaging with every client taking part in every round."""
     _check_run(samples_per_client, num_clients, rounds, bytes_per_element)
     _positive("local_epochs", local_epochs)
-    whole = segment_costs(model, input_shape, num_classes, (), batch_size)
+    whole = segment_costs(model, input_shape, num_classes, (), batch_size, first_input_grad)
     weights = rounds * whole.states[0].float_state_bytes(bytes_per_element)
     return MethodCosts(
         method="fedavg", num_clients=num_clients,
@@ -259,10 +262,10 @@ def fedavg_costs(model: str, input_shape: Sequence[int], num_classes: int, sampl
 
 def large_batch_sgd_costs(model: str, input_shape: Sequence[int], num_classes: int, samples_per_client: int,
                           num_clients: int, epochs: int, batch_size: int, *,
-                          bytes_per_element: int = 4) -> MethodCosts:
+                          bytes_per_element: int = 4, first_input_grad: bool = False) -> MethodCosts:
     """Synchronous data-parallel SGD: every step, gradients up and new weights down."""
     _check_run(samples_per_client, num_clients, epochs, bytes_per_element)
-    whole = segment_costs(model, input_shape, num_classes, (), batch_size)
+    whole = segment_costs(model, input_shape, num_classes, (), batch_size, first_input_grad)
     steps = epochs * math.ceil(samples_per_client / batch_size)
     grads = steps * whole.states[0].num_parameters * bytes_per_element
     weights = steps * whole.states[0].float_state_bytes(bytes_per_element)
