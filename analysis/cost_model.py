@@ -31,6 +31,7 @@ import functools
 import math
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -43,6 +44,7 @@ LABEL_BYTES = 8          # labels travel as int64 class indices
 ADAM_STEP_BYTES = 4      # torch keeps Adam's step count as a float32 scalar tensor per parameter
 OPTIMIZERS = ("sgd", "sgd_momentum", "adam")
 HANDOFF_MODES = ("peer", "server")
+ANALYSIS_DIR = Path(__file__).resolve().parent      # default home of the tables and figures
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -335,9 +337,9 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="raysplit costs", description="Analytic cost model and the papers' tables.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     t = sub.add_parser("tables", help="regenerate the paper tables (Markdown)")
-    t.add_argument("--out", default="analysis/paper_tables.md")
+    t.add_argument("--out", default=str(ANALYSIS_DIR / "paper_tables.md"))
     c = sub.add_parser("crossover", help="plot SplitNN vs FedAvg bytes per client against the number of clients")
-    c.add_argument("--out", default="analysis/figures/crossover.png")
+    c.add_argument("--out", default=str(ANALYSIS_DIR / "figures" / "crossover.png"))
     q = sub.add_parser("query", help="FLOPs and bytes per client of the three methods")
     q.add_argument("--model", required=True)
     q.add_argument("--input-shape", required=True, help="e.g. 1,28,28")
