@@ -145,7 +145,7 @@ def _measure(model: str, input_shape: tuple[int, ...], num_classes: int, positio
         try:
             batch_flops.append(count_flops(seg, [x], input_grad=first_input_grad if i == 0 else True))
             with torch.no_grad():
-                x = seg(x)
+                x = seg.eval()(x)               # only the shape matters here; eval mode takes any batch
         except RuntimeError as err:
             raise ConfigError("input_shape", list(input_shape),
                               f"a shape {model} accepts ({str(err).splitlines()[0][:120]})") from None
@@ -163,7 +163,8 @@ def segment_costs(model: str, input_shape: Sequence[int], num_classes: int, cuts
     shape = _shape(input_shape)
     _positive("num_classes", num_classes)
     _positive("batch_size", batch_size)
-    positions = tuple(cut_positions(_built(model, shape, num_classes), list(cuts), field="cut", model_name=model))
+    cuts = [cuts] if isinstance(cuts, (str, int)) else list(cuts)
+    positions = tuple(cut_positions(_built(model, shape, num_classes), cuts, field="cut", model_name=model))
     return _measure(model, shape, num_classes, positions, batch_size, first_input_grad)
 
 
