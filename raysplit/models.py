@@ -70,14 +70,23 @@ def vgg(depth: str, in_channels: int = 3, num_classes: int = 10, batch_norm: boo
     return nn.Sequential(OrderedDict(layers))
 
 
-def resnet(depth: int, in_channels: int = 3, num_classes: int = 10) -> nn.Sequential:
-    """torchvision ResNet adapted to small images (3x3 stem, stride 1, no max-pool), flattened into stages."""
+def resnet(depth: int, in_channels: int = 3, num_classes: int = 10, stem: str = "small") -> nn.Sequential:
+    """torchvision ResNet flattened into stages.
+
+    ``stem="small"`` adapts it to small images (3x3 stem, stride 1, no max-pool); ``stem="imagenet"`` keeps
+    torchvision's 7x7 stride-2 convolution and 3x3 stride-2 max-pool (the paper tables test both).
+    """
     import torchvision
 
     net = getattr(torchvision.models, f"resnet{depth}")(num_classes=num_classes)
+    if stem == "imagenet":
+        head = [("conv1", nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)),
+                ("bn1", net.bn1), ("relu", net.relu), ("maxpool", net.maxpool)]
+    else:
+        head = [("conv1", nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)),
+                ("bn1", net.bn1), ("relu", net.relu)]
     return nn.Sequential(OrderedDict([
-        ("conv1", nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)),
-        ("bn1", net.bn1), ("relu", net.relu),
+        *head,
         ("layer1", net.layer1), ("layer2", net.layer2), ("layer3", net.layer3), ("layer4", net.layer4),
         ("avgpool", net.avgpool), ("flatten", nn.Flatten()), ("fc", net.fc),
     ]))
@@ -93,6 +102,10 @@ MODELS: dict[str, Callable[[tuple[int, ...], int], nn.Sequential]] = {
     "vgg19": lambda shape, k: vgg("vgg19", shape[0], k),
     "resnet18": lambda shape, k: resnet(18, shape[0], k),
     "resnet50": lambda shape, k: resnet(50, shape[0], k),
+    # variants for the paper tables: VGG without batch norm, ResNet with the ImageNet stem
+    **{f"{d}_nobn": (lambda shape, k, d=d: vgg(d, shape[0], k, batch_norm=False)) for d in _VGG_CFG},
+    "resnet18_imagenet": lambda shape, k: resnet(18, shape[0], k, stem="imagenet"),
+    "resnet50_imagenet": lambda shape, k: resnet(50, shape[0], k, stem="imagenet"),
 }
 
 

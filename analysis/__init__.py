@@ -1,0 +1,1 @@
+"""Analysis: the analytic cost model, paper-style tables and plots."""
