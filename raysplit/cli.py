@@ -1,4 +1,4 @@
-"""The ``raysplit`` command: run | validate | costs (more subcommands register in COMMANDS)."""
+"""The ``raysplit`` command: run | validate | costs | plot."""
 from __future__ import annotations
 
 import argparse
@@ -48,6 +48,12 @@ def cmd_costs(args) -> int:
     return cost_model.main(args.rest)
 
 
+def cmd_plot(args) -> int:
+    from analysis import plots
+
+    return plots.main(args.rest)
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="experiment YAML (see experiments/)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -70,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_costs)
+    p = sub.add_parser("plot", help="figures and a report from results directories (see `raysplit plot -h`)",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_plot)
     return parser
 
 
