@@ -156,6 +156,9 @@ def _chain(cfg: ExperimentConfig, input_shape, num_classes) -> tuple[Topology, d
     """A chain of segments s0 -> s1 -> ... -> head held by ``chain_parties``, cut at the config's cut layers;
     the labels are the client's."""
     owners = chain_parties(cfg)
+    if cfg.topology == "multi_hop" and cfg.parties is None and len(cfg.model.cut_layers) < 2:
+        raise ConfigError("model.cut_layers", cfg.model.cut_layers, "at least 2 cut layers for topology multi_hop "
+                          "(client -> hop1 -> server; each further cut adds a hop)")
     cuts = _cuts(cfg, len(owners) - 1, owners)
     model = build_model(cfg.model.name, input_shape, num_classes, seed=cfg.seed)
     parts = split_model(model, cut_positions(model, cuts, model_name=cfg.model.name))

@@ -194,6 +194,8 @@ BAD = [  # (config, extra --set values, expected one-line error)
     ("multi_hop_fmnist", ["model.cut_layers=[pool2, pool1, relu3]"], r"model.cut_layers: .*increasing order of depth"),
     ("multi_hop_fmnist", ["parties=[client, hop1, hop2, hop1, server]", "model.cut_layers=[conv1, pool1, pool2, relu3]"],
      r"parties: \['client', 'hop1', 'hop2', 'hop1', 'server'\] .*\(hop1 appears twice: the chain loops\)"),
+    ("multi_hop_fmnist", ["parties=null", "model.cut_layers=[pool1]"],
+     r"model.cut_layers: \['pool1'\] .*at least 2 cut layers for topology multi_hop"),
     ("vertical_fmnist", ["data.num_clients=3"], r"data.num_clients: 3 .*1 for topology vertical"),
     ("vertical_fmnist", ["vertical.label_holder=bank"], r"vertical.label_holder: 'bank' .*server or a holder's name: holder0, holder1"),
     ("vertical_fmnist", ["vertical.holders=[{rows: [0, 4]}, {rows: [4, 9]}]"], r"vertical.holders\[1\].rows: \[4, 9\] .*stop <= 8"),
