@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-KINDS = ("activation", "gradient", "labels", "logits", "weights", "optimizer_state", "gradient_update")
+KINDS = ("activation", "gradient", "labels", "logits", "weights", "optimizer_state", "gradient_update", "sample_ids")
 
 
 def role_of(party: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,18 +79,47 @@ class RuntimeConfig:
     deterministic: bool = True            # torch.use_deterministic_algorithms in every party
 
 
+PARTY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+CHAINS = ("vanilla", "u_shaped", "extended", "multi_hop")
+
+
+@dataclass
+class HolderConfig:
+    """One data holder of a vertically partitioned data set: which features of every sample it holds."""
+    name: Optional[str] = None            # party name; default holder<i>
+    rows: Optional[list[int]] = None      # [start, stop): the image rows it holds (images only)
+    columns: Optional[list[int]] = None   # [start, stop): the feature columns (tabular) or image columns it holds
+    sample_ids: Optional[str] = None      # file of the training-sample ids it holds, one per line; default all
+
+
+@dataclass
+class VerticalConfig:
+    holders: list[HolderConfig] = field(default_factory=list)   # two or more
+    combine: Literal["concat", "sum", "mean"] = "concat"         # how the server joins the holders' cut outputs
+    label_holder: str = "server"          # "server" (the active party) or a holder's name
+
+
+@dataclass
+class MultiTaskConfig:
+    groups: Optional[list[int]] = None    # class -> coarse group (the second task); default per data set
+    group_owner: str = "server"           # the party holding the group head: the server or a party of its own
+
+
 @dataclass
 class ExperimentConfig:
     name: str = "experiment"
     seed: int = 0
     algorithm: Literal["splitnn", "centralized"] = "splitnn"
-    topology: Literal["vanilla", "u_shaped", "extended", "multi_hop"] = "vanilla"
+    topology: Literal["vanilla", "u_shaped", "vertical", "extended", "multi_task", "multi_hop"] = "vanilla"
+    parties: Optional[list[str]] = None   # chains: who holds each segment, in order; default per topology
     schedule: Literal["sequential"] = "sequential"
     handoff: Literal["peer", "server"] = "peer"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    vertical: VerticalConfig = field(default_factory=VerticalConfig)
+    multi_task: MultiTaskConfig = field(default_factory=MultiTaskConfig)
     output_dir: Optional[str] = None      # default results/<name>-<timestamp>
 
 
@@ -216,6 +246,52 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("data.medmnist_file", None, "a path to a MedMNIST .npz file when data.dataset is medmnist")
     if len(cfg.data.synthetic_shape) not in (1, 3) or any(s <= 0 for s in cfg.data.synthetic_shape):
         raise ConfigError("data.synthetic_shape", cfg.data.synthetic_shape, "[features] or [channels, height, width], all > 0")
+    if cfg.parties is not None and cfg.topology not in CHAINS:
+        raise ConfigError("parties", cfg.parties, f"null for topology {cfg.topology} (parties are named in "
+                          f"{'vertical.holders' if cfg.topology == 'vertical' else 'multi_task.group_owner'})")
+    for i, name in enumerate(cfg.parties or []):
+        _check_party_name(f"parties[{i}]", name)
+    if cfg.topology == "vertical":
+        _validate_vertical(cfg)
+    if cfg.topology == "multi_task":
+        _check_party_name("multi_task.group_owner", cfg.multi_task.group_owner)
+        if cfg.multi_task.group_owner == "client":
+            raise ConfigError("multi_task.group_owner", "client", "server or the name of another party (heads are server-side)")
+
+
+def _check_party_name(where: str, name: str) -> None:
+    if not PARTY_NAME.match(name):
+        raise ConfigError(where, name, "a party name: lower-case letters, digits and _, starting with a letter")
+
+
+def _validate_vertical(cfg: ExperimentConfig) -> None:
+    v = cfg.vertical
+    if len(v.holders) < 2:
+        raise ConfigError("vertical.holders", len(v.holders),
+                          "two or more data holders, each with rows and/or columns, e.g. [{rows: [0, 14]}, {rows: [14, 28]}]")
+    if cfg.data.num_clients != 1:
+        raise ConfigError("data.num_clients", cfg.data.num_clients,
+                          "1 for topology vertical (one sample space; its features are split over vertical.holders)")
+    names = []
+    for i, h in enumerate(v.holders):
+        where = f"vertical.holders[{i}]"
+        name = h.name or f"holder{i}"
+        _check_party_name(f"{where}.name", name)
+        if name in ("client", "server") or name in names:
+            raise ConfigError(f"{where}.name", name, f"a name of its own (not client, server{''.join(', ' + n for n in names)})")
+        names.append(name)
+        if h.rows is None and h.columns is None:
+            raise ConfigError(where, {"name": name}, "rows and/or columns: the features this holder holds (a party with no segment)")
+        for axis in ("rows", "columns"):
+            rng = getattr(h, axis)
+            if rng is not None and (len(rng) != 2 or not 0 <= rng[0] < rng[1]):
+                raise ConfigError(f"{where}.{axis}", rng, "[start, stop) with 0 <= start < stop")
+    if v.label_holder != "server" and v.label_holder not in names:
+        raise ConfigError("vertical.label_holder", v.label_holder, "server or a holder's name: " + ", ".join(names))
+
+
+def holder_names(cfg: ExperimentConfig) -> list[str]:
+    return [h.name or f"holder{i}" for i, h in enumerate(cfg.vertical.holders)]
 
 
 def to_dict(cfg: ExperimentConfig) -> dict:

@@ -212,3 +212,86 @@ def batches(indices: np.ndarray, batch_size: int, seed: int, round_: int, client
     rng = np.random.default_rng([seed, 2, round_, client])
     order = indices[rng.permutation(len(indices))]
     return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+# --------------------------------------------------------------------------- vertical partitions
+
+@dataclass(frozen=True)
+class FeatureView:
+    """The features one data holder of a vertically partitioned data set holds: a block of image rows and
+    columns, or of feature columns for tabular data. Applied to a batch ``(n, C, H, W)`` or ``(n, F)``."""
+    rows: tuple[int, int] | None = None
+    columns: tuple[int, int] | None = None
+
+    def __call__(self, x):   # a torch tensor
+        cols = slice(*self.columns) if self.columns else slice(None)
+        if x.ndim == 2:
+            return x[:, cols].contiguous()
+        return x[..., slice(*self.rows) if self.rows else slice(None), cols].contiguous()
+
+    def check(self, input_shape: tuple[int, ...], where: str) -> None:
+        """Refuse a block outside the data (``where`` names the config entry)."""
+        if len(input_shape) == 1:
+            if self.rows is not None:
+                raise ConfigError(f"{where}.rows", list(self.rows), "null for tabular data (hold feature columns)")
+            if self.columns is None:
+                raise ConfigError(f"{where}.columns", None, f"[start, stop) within the {input_shape[0]} feature columns")
+            dims = {"columns": (self.columns, input_shape[0])}
+        else:
+            dims = {"rows": (self.rows, input_shape[-2]), "columns": (self.columns, input_shape[-1])}
+        for axis, (rng, size) in dims.items():
+            if rng is not None and rng[1] > size:
+                raise ConfigError(f"{where}.{axis}", list(rng), f"[start, stop) with stop <= {size} (the data's {axis})")
+
+
+def read_sample_ids(path: str, n_train: int, where: str) -> np.ndarray:
+    """A holder's training-sample ids (one integer per line, ``#`` comments), sorted; ids index the training set."""
+    allowed = f"a file of distinct training-sample ids in 0..{n_train - 1}, one integer per line"
+    if not Path(path).is_file():
+        raise ConfigError(where, path, allowed + " (no such file)")
+    try:
+        ids = np.loadtxt(path, dtype=np.int64, ndmin=1, comments="#")
+    except ValueError:
+        raise ConfigError(where, path, allowed) from None
+    if len(ids) == 0 or ids.min() < 0 or ids.max() >= n_train or len(np.unique(ids)) != len(ids):
+        raise ConfigError(where, path, allowed)
+    return np.sort(ids)
+
+
+def aligned_sample_ids(holders: list[tuple[str, str | None]], n_train: int) -> np.ndarray:
+    """The shared sample space of vertical holders ``[(config entry, ids file or None = all)]``.
+
+    Every holder must hold the same samples: split training pairs each holder's features of one sample by
+    its id, so a sample missing at one holder cannot be trained on.
+    """
+    first = None
+    for i, (where, path) in enumerate(holders):
+        ids = np.arange(n_train) if path is None else read_sample_ids(path, n_train, where)
+        if first is None:
+            first = ids
+        elif not np.array_equal(ids, first):
+            missing, extra = len(np.setdiff1d(first, ids)), len(np.setdiff1d(ids, first))
+            raise ConfigError(where, path or "null (all samples)",
+                              f"the same sample ids as the first holder ({len(first)} ids; this holder has {len(ids)}: "
+                              f"{missing} of the first holder's missing, {extra} others)")
+    return first
+
+
+# --------------------------------------------------------------------------- coarse labels (multi-task)
+
+# class -> coarse group. Fashion-MNIST: tops (T-shirt, pullover, coat, shirt), trousers and dresses,
+# shoes (sandal, sneaker, ankle boot), bags. CIFAR-10: vehicles, animals.
+COARSE_GROUPS = {
+    "fashion_mnist": [0, 1, 0, 1, 0, 2, 0, 2, 3, 2],
+    "cifar10": [0, 0, 1, 1, 1, 1, 1, 1, 0, 0],
+}
+
+
+def coarse_groups(dataset: str, num_classes: int, groups: list[int] | None, where: str) -> list[int]:
+    """The class -> group map of the multi-task topology's second task: the config's, else the data set's,
+    else the first and second half of the classes."""
+    if groups is None:
+        groups = COARSE_GROUPS.get(dataset) or [int(c >= (num_classes + 1) // 2) for c in range(num_classes)]
+    if len(groups) != num_classes or min(groups) < 0 or len(set(groups)) < 2:
+        raise ConfigError(where, groups, f"a group id >= 0 for each of the {num_classes} classes, at least 2 groups")
+    return list(groups)

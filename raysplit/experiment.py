@@ -31,8 +31,8 @@ from tqdm import tqdm
 from raysplit import config as config_mod
 from raysplit.accounting import Entry, role_of, summarize
 from raysplit.algorithms import ALGORITHMS, Plan
-from raysplit.config import ExperimentConfig
-from raysplit.data import load_dataset, partition
+from raysplit.config import ExperimentConfig, holder_names
+from raysplit.data import aligned_sample_ids, load_dataset, partition
 from raysplit.errors import ConfigError
 from raysplit.topology import ComposedNet, build_topology
 
@@ -43,8 +43,13 @@ def prepare(cfg: ExperimentConfig) -> Plan:
     """Load data, build and split the model, partition clients: every data- or model-dependent check."""
     dataset = load_dataset(cfg.data, cfg.seed)
     topology, modules = build_topology(cfg, dataset.input_shape, dataset.num_classes)
-    parts = partition(dataset.train_y, cfg.data, cfg.seed)
-    return Plan(cfg, dataset, topology, modules, parts)
+    if cfg.topology != "vertical":
+        return Plan(cfg, dataset, topology, modules, partition(dataset.train_y, cfg.data, cfg.seed))
+    # vertical: one sample space, each holder holding its features of the same samples (checked by id)
+    files = [(f"vertical.holders[{i}].sample_ids", h.sample_ids) for i, h in enumerate(cfg.vertical.holders)]
+    ids = aligned_sample_ids(files, len(dataset.train_y))
+    holders = {name: ids for name in holder_names(cfg)} | {cfg.vertical.label_holder: ids}
+    return Plan(cfg, dataset, topology, modules, [ids], holders)
 
 
 @torch.no_grad()
@@ -182,6 +187,8 @@ def run(cfg: ExperimentConfig, out_dir: str | Path | None = None, progress: bool
                        client_tflops_per_client=float(last["client_tflops_per_client_cum"]),
                        client_gb_per_client=float(last["client_gb_per_client_cum"]),
                        bytes_total=int(last["bytes_total_cum"]), wall_s=float(last["wall_s_cum"]))
+        for task in plan.topology.tasks[1:]:        # further tasks (multi_task): test_acc_<task>
+            summary[f"final_test_acc_{task}"] = float(last[f"test_acc_{task}"])
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if out.exists():
             out.rmdir()

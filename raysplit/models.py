@@ -154,3 +154,72 @@ def split_model(model: nn.Sequential, positions: Sequence[int]) -> list[nn.Seque
     children = list(model.named_children())
     bounds = [0, *positions, len(children)]
     return [nn.Sequential(OrderedDict(children[a:b])) for a, b in zip(bounds, bounds[1:])]
+
+
+# --------------------------------------------------------------------------- several inputs at a cut
+
+class Combine(nn.Module):
+    """Joins several parties' cut outputs into one tensor: concatenated along dim 1 (channels or
+    features), summed, or averaged."""
+
+    def __init__(self, how: str = "concat"):
+        super().__init__()
+        self.how = how
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        if self.how == "concat":
+            return torch.cat(xs, 1)
+        total = torch.stack(xs).sum(0)
+        return total / len(xs) if self.how == "mean" else total
+
+    def extra_repr(self) -> str:
+        return self.how
+
+
+class Joined(nn.Module):
+    """A segment fed by several parties: ``rest(combine(*inputs))``."""
+
+    def __init__(self, combine: Combine, rest: nn.Sequential):
+        super().__init__()
+        self.combine, self.rest = combine, rest
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return self.rest(self.combine(*xs))
+
+
+_WIDTH = {nn.Linear: "in_features", nn.Conv2d: "in_channels", nn.BatchNorm1d: "num_features", nn.BatchNorm2d: "num_features"}
+
+
+def _rebuilt(layer: nn.Module, width: int) -> nn.Module:
+    if isinstance(layer, nn.Linear):
+        return nn.Linear(width, layer.out_features, bias=layer.bias is not None)
+    if isinstance(layer, nn.Conv2d):
+        return nn.Conv2d(width, layer.out_channels, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                         bias=layer.bias is not None, padding_mode=layer.padding_mode)
+    return type(layer)(width, eps=layer.eps, momentum=layer.momentum, affine=layer.affine,
+                       track_running_stats=layer.track_running_stats)
+
+
+@torch.no_grad()
+def fit_input(segment: nn.Sequential, example: torch.Tensor, field: str, value, allowed: str) -> nn.Sequential:
+    """Make ``segment`` take inputs shaped like ``example`` (part of the features, or joined cut outputs, of
+    other widths or image sizes than the model was built for): each Linear, Conv2d or BatchNorm layer whose
+    input width no longer matches is rebuilt (freshly initialized) with the width it now receives; the example
+    is propagated layer by layer. A layer that cannot take it is a ConfigError(field, value, allowed)."""
+    children = list(segment.named_children())
+    x = example
+    was_training = segment.training
+    for i, (name, layer) in enumerate(children):
+        kind = next((k for k in _WIDTH if type(layer) is k), None)
+        if kind is not None:
+            width = x.shape[-1] if kind is nn.Linear else x.shape[1]
+            if getattr(layer, _WIDTH[kind]) != width:
+                layer = _rebuilt(layer, width)
+                children[i] = (name, layer)
+        try:
+            x = layer.eval()(x)
+        except RuntimeError:
+            raise ConfigError(field, value, f"{allowed} ({name} cannot take {list(x.shape[1:])})") from None
+        finally:
+            layer.train(was_training)
+    return nn.Sequential(OrderedDict(children))

@@ -50,7 +50,8 @@ class PartyHost:
     def __init__(self, name: str, topology: Topology, roles: Sequence[str], modules: dict[str, nn.Module],
                  training: TrainingConfig, seed: int, threads: int = 1, use_gpu: bool = False,
                  deterministic: bool = True, capture_ledger: bool = False,
-                 data_x: np.ndarray | None = None, data_y: np.ndarray | None = None, client_indices: dict[int, np.ndarray] | None = None):
+                 data_x: np.ndarray | None = None, data_y: np.ndarray | None = None, client_indices: dict[int, np.ndarray] | None = None,
+                 sample_ids: np.ndarray | None = None):
         configure_torch(threads, deterministic)
         self.name, self.topo, self.roles, self.training, self.seed = name, topology, set(roles), training, seed
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
@@ -58,7 +59,10 @@ class PartyHost:
         # this identical to one optimizer over the unsplit network)
         self.modules = {n: m.to(self.device) for n, m in modules.items() if topology.segment(n).owner in self.roles}
         self.optims = {n: make_optimizer(m.parameters(), training) for n, m in self.modules.items()}
-        self.data = {"x": data_x, "y": data_y}         # zero-copy views of the object store (None: holds no data)
+        # zero-copy views of the object store (None: holds no data). x holds only this party's features (its
+        # input view); row i is training sample sample_ids[i], or sample i when sample_ids is None
+        self.data = {"x": data_x, "y": data_y}
+        self.sample_ids = sample_ids
         self.client_indices = client_indices or {}
         self.peers: dict[str, Any] = {}                # role -> actor handle, for roles hosted elsewhere
         self.ledger, self.meter = Ledger(capture_ledger), FlopMeter()
@@ -99,8 +103,7 @@ class PartyHost:
         xs = []
         for i in seg.inputs:
             if i == INPUT:
-                x = torch.from_numpy(self.data["x"][idx]).to(self.device)
-                xs.append(self.topo.view(seg.owner, x))
+                xs.append(torch.from_numpy(self.data["x"][self._rows(idx)]).to(self.device))
             else:  # a leaf of this segment's own graph; its gradient is what goes back upstream
                 xs.append(receive(next(it), self.device).detach().requires_grad_(True))
         return xs
@@ -152,7 +155,16 @@ class PartyHost:
         return tuple(sent) if len(sent) > 1 else (sent[0] if sent else None)
 
     def _labels(self, task: str, idx) -> torch.Tensor:
-        return self.topo.labels(task, torch.from_numpy(self.data["y"][idx])).to(self.device)
+        return self.topo.labels(task, torch.from_numpy(self.data["y"][self._rows(idx)])).to(self.device)
+
+    def _rows(self, idx: np.ndarray) -> np.ndarray:
+        """Rows of this party's data holding the samples ``idx`` (samples are aligned by their id)."""
+        if self.sample_ids is None:
+            return idx
+        rows = np.searchsorted(self.sample_ids, idx).clip(max=len(self.sample_ids) - 1)
+        if not np.array_equal(self.sample_ids[rows], idx):
+            raise ValueError(f"{self.name} holds no sample with id {idx[self.sample_ids[rows] != idx][0]}")
+        return rows
 
     # ------------------------------------------------------------------ the engine: one step, one turn
     def _call(self, role: str, method: str, num_returns: int, *args):
@@ -168,6 +180,7 @@ class PartyHost:
 
     def run_step(self, client, clock, idx: np.ndarray) -> dict:
         topo, vals = self.topo, {}
+        me = party_id(topo.segments[0].owner, client)      # this step's initiator: the first data holder
         grads: dict[str, list] = defaultdict(list)
         stats, pending = [], []
         for seg in topo.segments:
@@ -175,6 +188,9 @@ class PartyHost:
             ins = self._local([vals[i] for i in seg.inputs if i != INPUT], here)
             reads_data = INPUT in seg.inputs or (seg.task and topo.label_holders[seg.task] == seg.owner)
             seg_idx = idx if reads_data else None
+            if reads_data and not here:
+                # another party reading its own rows (vertical) is told which samples: their ids
+                seg_idx = self.ledger.send(me, party_id(seg.owner, client), "sample_ids", idx)
             labels = None
             if seg.task and topo.label_holders[seg.task] != seg.owner:
                 # labels travel from their holder (a data holder hosted here) to the head's owner
@@ -207,8 +223,9 @@ class PartyHost:
         return merged
 
     def train_turn(self, client: int, round_: int, payload: dict | None, next_party: str | None) -> tuple[dict, dict]:
-        """One client's turn in a sequential round: take the hand-off, train on local batches, hand off."""
-        me = party_id(CLIENT, client)
+        """One client's turn in a sequential round: take the hand-off, train on local batches, hand off.
+        (Topologies without virtual clients run one turn per round on the first data holder's host.)"""
+        me = party_id(self.topo.segments[0].owner, client)
         if payload is not None:
             self.load_client(payload)
         torch.manual_seed(hash((self.seed, round_, client)) % 2**31)   # hosting-independent randomness

@@ -10,12 +10,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import ray
+import torch
 
 from raysplit.config import ExperimentConfig, Resources
 from raysplit.errors import ConfigError
 from raysplit.parties import RemotePartyHost
-from raysplit.topology import CLIENT, Topology
+from raysplit.topology import CLIENT, INPUT, Topology
 
 log = logging.getLogger("raysplit")
 
@@ -68,29 +70,50 @@ class Hosts:
 
 
 def start_hosts(cfg: ExperimentConfig, topology: Topology, modules: dict, train_x, train_y,
-                client_indices: list, capture_ledger: bool = False) -> Hosts:
-    """One actor per worker (hosting clients k with k % workers == i) and one per other role."""
-    rt = cfg.runtime
+                client_indices: list, capture_ledger: bool = False,
+                holder_ids: dict[str, np.ndarray] | None = None) -> Hosts:
+    """One actor per worker (hosting clients k with k % workers == i) and one per other role.
+
+    Each party gets only the data it holds: its own features (``topology.view``) if it reads raw inputs, the
+    labels if it holds them; a role in ``holder_ids`` only the rows of those training-sample ids. Without
+    virtual clients (vertical), the first segment's owner drives the steps over ``client_indices``.
+    """
+    rt, holder_ids = cfg.runtime, holder_ids or {}
     other_roles = [r for r in topology.roles if r != CLIENT]
     n_workers = min(rt.workers, len(client_indices)) if CLIENT in topology.roles else 0
     check_capacity([("runtime.worker", rt.worker)] * n_workers + [("runtime.server", rt.server)] * len(other_roles))
-    modules_ref, x_ref, y_ref = ray.put(modules), ray.put(train_x), ray.put(train_y)
+    modules_ref = ray.put(modules)
     common = dict(training=cfg.training, seed=cfg.seed, deterministic=rt.deterministic, capture_ledger=capture_ledger)
+
+    def data_of(role: str) -> dict:
+        ids = holder_ids.get(role)
+        rows = slice(None) if ids is None else ids
+        out = {"sample_ids": ids}
+        if any(s.owner == role and INPUT in s.inputs for s in topology.segments):
+            x = train_x if role not in topology.input_views and ids is None else \
+                topology.view(role, torch.from_numpy(train_x[rows])).numpy()
+            out["data_x"] = ray.put(x)
+        if role in topology.label_holders.values():
+            out["data_y"] = ray.put(train_y[rows])
+        return out
 
     def host(name, roles, res: Resources, **kw):
         return RemotePartyHost.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus, name=None).remote(
             name, topology, roles, modules_ref, threads=threads_for(res), use_gpu=res.num_gpus > 0, **common, **kw)
 
     hosts = Hosts(workers=[])
+    if n_workers:
+        client_data = data_of(CLIENT)
     for w in range(n_workers):
         mine = {k: idx for k, idx in enumerate(client_indices) if k % n_workers == w}
-        hosts.workers.append(host(f"worker{w}", [CLIENT], rt.worker, data_x=x_ref, data_y=y_ref, client_indices=mine))
+        hosts.workers.append(host(f"worker{w}", [CLIENT], rt.worker, client_indices=mine, **client_data))
         hosts.client_host.update({k: hosts.workers[-1] for k in mine})
+    initiator = topology.segments[0].owner
     for role in other_roles:
-        holds_data = topology.label_holders and role in topology.label_holders.values() or any(
-            s.owner == role and "input" in s.inputs for s in topology.segments)
-        data = dict(data_x=x_ref, data_y=y_ref) if holds_data else {}
-        hosts.roles[role] = host(role, [role], rt.server, **data)
+        steps = dict(client_indices=dict(enumerate(client_indices))) if role == initiator else {}
+        hosts.roles[role] = host(role, [role], rt.server, **data_of(role), **steps)
+        if steps:
+            hosts.client_host.update({k: hosts.roles[role] for k in range(len(client_indices))})
     peers = dict(hosts.roles)
     ray.get([h.set_peers.remote(peers) for h in hosts.all])
     for line in ray.get([h.ping.remote() for h in hosts.all]):

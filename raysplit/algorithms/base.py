@@ -1,7 +1,7 @@
 """Shared pieces of the algorithms: the prepared plan and train-statistics merging."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from torch import nn
@@ -19,6 +19,8 @@ class Plan:
     topology: Topology
     modules: dict[str, nn.Module]          # initial segment modules (seeded)
     client_indices: list[np.ndarray]
+    # vertical: data-holding role -> the training-sample ids it holds (aligned: the same for every holder)
+    holder_ids: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def merge_stats(into: dict, stats: dict) -> None:

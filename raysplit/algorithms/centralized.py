@@ -28,7 +28,7 @@ class Centralized:
     def start(self) -> None:
         configure_torch(threads_for(self.cfg.runtime.worker), self.cfg.runtime.deterministic)
         self.opt = make_optimizer(self.net.parameters(), self.cfg.training)
-        self.indices = np.arange(len(self.plan.dataset.train_y))
+        self.indices = np.sort(np.concatenate(self.plan.client_indices))   # all training samples in use
 
     def train_batch(self, idx: np.ndarray) -> dict:
         ds, topo = self.plan.dataset, self.plan.topology

@@ -28,7 +28,7 @@ class SplitNN:
         p = self.plan
         connect(self.cfg.runtime.address)
         self.hosts = start_hosts(self.cfg, p.topology, p.modules, p.dataset.train_x, p.dataset.train_y,
-                                 p.client_indices, self.capture)
+                                 p.client_indices, self.capture, p.holder_ids)
         self.order = client_order(self.cfg, 0)
 
     def run_round(self, r: int) -> dict:
@@ -37,7 +37,8 @@ class SplitNN:
         refs = []
         for i, k in enumerate(order):
             nxt = order[i + 1] if i + 1 < len(order) else (None if last_round else next_order[0])
-            dst = None if nxt is None else party_id(CLIENT, nxt)
+            # client-side weights move on to the next client; topologies without clients have nothing to hand on
+            dst = None if nxt is None or CLIENT not in self.plan.topology.roles else party_id(CLIENT, nxt)
             via_server = self.cfg.handoff == "server" and dst is not None
             state_ref, stats_ref = self.hosts.client_host[k].train_turn.options(num_returns=2).remote(
                 k, r, self.state_ref, "server" if via_server else dst)
