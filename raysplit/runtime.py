@@ -129,19 +129,23 @@ def start_hosts(cfg: ExperimentConfig, topology: Topology, modules: dict, train_
             name, topology, roles, modules_ref, threads=threads_for(res), use_gpu=res.num_gpus > 0, **common, **kw)
 
     hosts = Hosts(workers=[], placement_group=pg)
-    for w in range(n_workers):
-        mine = {k: idx for k, idx in enumerate(client_indices) if k % n_workers == w}
-        hosts.workers.append(host(f"worker{w}", [CLIENT], rt.worker, data_x=x_ref, data_y=y_ref, client_indices=mine))
-        hosts.client_host.update({k: hosts.workers[-1] for k in mine})
-    for role in other_roles:
-        holds_data = topology.label_holders and role in topology.label_holders.values() or any(
-            s.owner == role and "input" in s.inputs for s in topology.segments)
-        data = dict(data_x=x_ref, data_y=y_ref) if holds_data else {}
-        hosts.roles[role] = host(role, [role], rt.server, role_options, **data)
-    peers = dict(hosts.roles)
-    ray.get([h.set_peers.remote(peers) for h in hosts.all])
-    for line in ray.get([h.ping.remote() for h in hosts.all]):
-        log.info("party host ready: %s", line)
+    try:
+        for w in range(n_workers):
+            mine = {k: idx for k, idx in enumerate(client_indices) if k % n_workers == w}
+            hosts.workers.append(host(f"worker{w}", [CLIENT], rt.worker, data_x=x_ref, data_y=y_ref, client_indices=mine))
+            hosts.client_host.update({k: hosts.workers[-1] for k in mine})
+        for role in other_roles:
+            holds_data = topology.label_holders and role in topology.label_holders.values() or any(
+                s.owner == role and "input" in s.inputs for s in topology.segments)
+            data = dict(data_x=x_ref, data_y=y_ref) if holds_data else {}
+            hosts.roles[role] = host(role, [role], rt.server, role_options, **data)
+        peers = dict(hosts.roles)
+        ray.get([h.set_peers.remote(peers) for h in hosts.all])
+        for line in ray.get([h.ping.remote() for h in hosts.all]):
+            log.info("party host ready: %s", line)
+    except BaseException:      # an actor that cannot start: release what was reserved
+        stop_hosts(hosts)
+        raise
     return hosts
 
 
