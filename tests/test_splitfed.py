@@ -22,6 +22,7 @@ from raysplit.parties import make_optimizer
 from raysplit.schedule import interleave, participants
 from raysplit.topology import CLIENT, ComposedNet
 from test_equivalence import TOL, max_param_diff
+from test_privacy import raw_fingerprints
 
 TIMING = ("wall_s", "wall_s_cum")
 
@@ -161,7 +162,7 @@ def test_same_metrics_with_one_and_two_workers_and_weights_in_the_ledger(ray_ses
     (one, entries), (two, _) = metrics(version, 1), metrics(version, 2)
     assert one.equals(two), f"\n{one.T}\n{two.T}"
     assert one["test_acc"].notna().all() and (one["algorithm"] == "splitfed").all()
-    plan = prepare(small_config("data.num_clients=5"))
+    plan = prepare(small_config("data.num_clients=5", "data.partition=dirichlet", "data.alpha=0.3"))
     client_bytes = payload_nbytes({n: m.state_dict() for n, m in plan.modules.items()
                                    if plan.topology.segment(n).owner == CLIENT})
     for r in range(2):
@@ -173,6 +174,9 @@ def test_same_metrics_with_one_and_two_workers_and_weights_in_the_ledger(ray_ses
         assert {e.nbytes for e in entries if e.round == r and e.kind == "weights"} == {client_bytes}
         assert {e.src for e in entries if e.round == r and e.kind == "activation"} == {f"client/{k}" for k in k_r}
     assert not [e for e in entries if e.kind == "optimizer_state"]
+    raw = raw_fingerprints(plan.dataset)        # DESIGN invariant 1 holds for SplitFed too
+    assert not any(e.fingerprints & raw for e in entries)
+    assert {e.dst for e in entries if e.kind == "labels"} == {"server"}
 
 
 def test_participation_sampling_is_seeded():
