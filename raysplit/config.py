@@ -60,6 +60,9 @@ class TrainingConfig:
     momentum: float = _rule(default=0.9, **non_negative)
     weight_decay: float = _rule(default=0.0, **non_negative)
     client_order: Literal["fixed", "shuffled"] = "fixed"
+    # parallel schedule: the clients taking part in a round, sampled from the seed each round
+    participation: float = _rule(default=1.0, **fraction)                 # a fraction of the clients...
+    clients_per_round: Optional[int] = _rule(default=None, **positive)    # ...or a count (takes precedence)
 
 
 @dataclass
@@ -67,6 +70,10 @@ class Resources:
     num_cpus: float = _rule(default=1.0, **non_negative)
     num_gpus: float = _rule(default=0.0, **non_negative)
     torch_threads: Optional[int] = _rule(default=None, **positive)  # default: max(1, num_cpus)
+    # custom Ray resources a node must offer, e.g. {node_a: 1} (declared with `ray start --resources`)
+    resources: dict[str, float] = _rule(
+        default_factory=dict, allowed="a mapping of custom resource name to a number >= 0 (not CPU, GPU or memory)",
+        check=lambda d: all(v >= 0 and k not in ("CPU", "GPU", "memory", "object_store_memory") for k, v in d.items()))
 
 
 @dataclass
@@ -76,6 +83,8 @@ class RuntimeConfig:
     worker: Resources = field(default_factory=Resources)
     server: Resources = field(default_factory=Resources)
     eval_every: int = _rule(default=1, **positive)
+    # place all party hosts in one Ray placement group with this strategy (null: no placement group)
+    placement: Optional[Literal["PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"]] = None
     deterministic: bool = True            # torch.use_deterministic_algorithms in every party
 
 
@@ -109,11 +118,12 @@ class MultiTaskConfig:
 class ExperimentConfig:
     name: str = "experiment"
     seed: int = 0
-    algorithm: Literal["splitnn", "centralized"] = "splitnn"
+    algorithm: Literal["splitnn", "splitfed", "centralized"] = "splitnn"
     topology: Literal["vanilla", "u_shaped", "vertical", "extended", "multi_task", "multi_hop"] = "vanilla"
     parties: Optional[list[str]] = None   # chains: who holds each segment, in order; default per topology
-    schedule: Literal["sequential"] = "sequential"
+    schedule: Literal["sequential", "parallel"] = "sequential"
     handoff: Literal["peer", "server"] = "peer"
+    splitfed: Literal["v1", "v2"] = "v1"   # parallel schedule: v1 server copy per client, v2 one server model
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -133,6 +143,8 @@ def _describe(tp) -> str:
         return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None)) + " or null"
     if origin is list:
         return "a list of " + _describe(typing.get_args(tp)[0])
+    if origin is dict:
+        return "a mapping of " + " to ".join(_describe(a) for a in typing.get_args(tp))
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 
 
@@ -160,7 +172,12 @@ def _coerce(value: Any, tp, path: str, meta: dict) -> Any:
         if not isinstance(value, list):
             value = [value]
         return [_coerce(v, typing.get_args(tp)[0], path, {}) for v in value]
-    if tp is bool:
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(path, value, meta.get("allowed") or _describe(tp))
+        key_tp, val_tp = typing.get_args(tp)
+        value = {_coerce(k, key_tp, path, {}): _coerce(v, val_tp, f"{path}.{k}", {}) for k, v in value.items()}
+    elif tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(path, value, "true or false")
         return value
@@ -257,6 +274,20 @@ def validate(cfg: ExperimentConfig) -> None:
         _check_party_name("multi_task.group_owner", cfg.multi_task.group_owner)
         if cfg.multi_task.group_owner == "client":
             raise ConfigError("multi_task.group_owner", "client", "server or the name of another party (heads are server-side)")
+    # split learning with the parallel schedule is SplitFed (and SplitFed is always parallel)
+    if cfg.algorithm == "splitnn" and cfg.schedule == "parallel":
+        cfg.algorithm = "splitfed"
+    if cfg.algorithm == "splitfed":
+        cfg.schedule = "parallel"
+    if cfg.schedule == "parallel" and cfg.topology == "vertical":
+        raise ConfigError("schedule", "parallel", "sequential for topology vertical (its holders share one sample "
+                          "space; there are no clients to run in parallel)")
+    per_round = cfg.training.clients_per_round
+    if per_round is not None and per_round > cfg.data.num_clients:
+        raise ConfigError("training.clients_per_round", per_round, f"at most data.num_clients ({cfg.data.num_clients})")
+    if per_round is not None and cfg.training.participation != 1.0:
+        raise ConfigError("training.participation", cfg.training.participation,
+                          "1.0 (the default) when training.clients_per_round is set: give a fraction or a count, not both")
 
 
 def _check_party_name(where: str, name: str) -> None:

@@ -15,8 +15,13 @@ forward and backward is metered by ``self.meter``.
 """
 from __future__ import annotations
 
+import copy
+import functools
 import os
+import threading
 from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -30,6 +35,9 @@ from raysplit.data import batches
 from raysplit.topology import CLIENT, INPUT, Topology
 
 
+AVERAGING_POINT = "server"   # SplitFed: the party that averages the client-side weights (the "fed server")
+
+
 def party_id(role: str, client: int | None) -> str:
     return f"{CLIENT}/{client}" if role == CLIENT else role
 
@@ -38,6 +46,18 @@ def make_optimizer(params, cfg: TrainingConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def splitfed_aware(method):
+    """Segment calls on a host in SplitFed mode go through its SplitFed rules (see the SplitFed section of
+    PartyHost): v1 runs them on the calling client's own copy of this host's segments, v2 in the round's
+    ticket order. Elsewhere the call runs as it is."""
+    @functools.wraps(method)
+    def call(self, client, name: str, clock, *args):
+        if self.splitfed is None:
+            return method(self, client, name, clock, *args)
+        return self._splitfed_call(method, client, name, clock, args)
+    return call
 
 
 def configure_torch(threads: int, deterministic: bool) -> None:
@@ -67,6 +87,7 @@ class PartyHost:
         self.peers: dict[str, Any] = {}                # role -> actor handle, for roles hosted elsewhere
         self.ledger, self.meter = Ledger(capture_ledger), FlopMeter()
         self.stash: dict[tuple[str, str], tuple[list[torch.Tensor], torch.Tensor]] = {}
+        self.splitfed: SplitFedState | None = None     # set by splitfed_setup on the server-side hosts
 
     # ------------------------------------------------------------------ wiring and state
     def ping(self) -> str:
@@ -116,6 +137,7 @@ class PartyHost:
                 out.append(self.ledger.send(me, src_owner, "gradient", x.grad))
         return out
 
+    @splitfed_aware
     def seg_forward(self, client, name: str, clock, idx, labels, *inputs):
         """Forward of one segment. For a head: loss, backward and update too; returns (*input grads, stats)."""
         self.ledger.round, self.ledger.step = clock
@@ -140,6 +162,7 @@ class PartyHost:
         stats = {seg.task: (float(loss.detach()) * len(y), int((out.argmax(1) == y).sum()), len(y))}
         return (*self._send_input_grads(seg, xs, me, client), stats)
 
+    @splitfed_aware
     def seg_backward(self, client, name: str, clock, *grads):
         """Backward of a non-head segment from the sum of its consumers' gradients; update; send input grads."""
         self.ledger.round, self.ledger.step = clock
@@ -250,6 +273,187 @@ class PartyHost:
         self.ledger.round = round_
         return {"model": self.ledger.send(src, dst, "weights", state["model"]),
                 "optim": self.ledger.send(src, dst, "optimizer_state", state["optim"])}
+
+    # ================================================================== SplitFed: the parallel schedule
+    # Worker side: ``splitfed_train`` trains some participating clients, each on its own copy of the
+    # client-side segments ({client: copy}, only while the client is training) and sends their weights to the
+    # averaging point. Server side (every non-client host): ``splitfed_setup`` / ``_open_round`` /
+    # ``_fold`` / ``_finish_round``; v1 keeps a copy of this host's segments per training client, v2 one model
+    # that takes the clients' steps in ticket order. The averaging point (the server) also averages the
+    # client-side weights and sends the result to the next round's participants.
+
+    def splitfed_setup(self, version: str, client_init: dict[str, dict] | None = None) -> None:
+        """Enter SplitFed mode. The averaging point gets the initial client-side weights (``client_init``)."""
+        calls = sum(1 + (not s.task) for s in self.topo.segments if s.owner in self.roles)   # per step
+        self.splitfed = SplitFedState(version, client_init, calls_per_ticket=calls)
+
+    def splitfed_open_round(self, round_: int, order: list[int]) -> dict | None:
+        """Start a round with its participants in canonical order. The averaging point sends the global
+        client-side weights to each participant and returns them (what every participant starts from)."""
+        sf = self.splitfed
+        sf.open(round_, order)
+        if sf.client_global is None:
+            return None
+        self.ledger.round, self.ledger.step = round_, 0
+        for k in order:
+            sent = self.ledger.send(AVERAGING_POINT, party_id(CLIENT, k), "weights", sf.client_global)
+        return sent
+
+    def splitfed_train(self, round_: int, plan: list[tuple[int, int, int]], client_global: dict) -> tuple[dict, dict]:
+        """Worker side: run ``plan`` = [(clock step, client, local step)] in order with ``run_step``. Each client
+        trains its own copy of the client-side segments, from ``client_global`` with a fresh optimizer; after
+        its last step its weights go to the averaging point. Returns ({client: weights}, train stats)."""
+        epochs, size = self.training.local_epochs, self.training.batch_size
+        names = [n for n in self.modules if self.topo.segment(n).owner == CLIENT]
+        home = ({n: self.modules[n] for n in names}, {n: self.optims[n] for n in names})
+        last = {k: j for _, k, j in plan}
+        live: dict[int, tuple[dict, dict, list]] = {}
+        sent: dict[int, dict] = {}
+        totals: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(3))
+        try:
+            for step, k, j in plan:
+                if k not in live:
+                    mods = {n: copy.deepcopy(home[0][n]) for n in names}
+                    for n, m in mods.items():
+                        m.load_state_dict(client_global[n])
+                    live[k] = (mods, {n: make_optimizer(m.parameters(), self.training) for n, m in mods.items()},
+                               [idx for e in range(epochs) for idx in
+                                batches(self.client_indices[k], size, self.seed, round_ * epochs + e, k)])
+                mods, optims, steps = live[k]
+                self.modules.update(mods)
+                self.optims.update(optims)
+                torch.manual_seed(hash((self.seed, round_, k, j)) % 2**31)   # hosting-independent randomness
+                for task, v in self.run_step(k, (round_, step), steps[j]).items():
+                    totals[task] += v
+                if j == last[k]:
+                    self.ledger.round, self.ledger.step = round_, step
+                    sent[k] = self.ledger.send(party_id(CLIENT, k), AVERAGING_POINT, "weights",
+                                               self.segment_states([CLIENT]))
+                    del live[k]
+        finally:
+            self.modules.update(home[0])
+            self.optims.update(home[1])
+        return sent, {t: v.tolist() for t, v in totals.items()}
+
+    def _splitfed_call(self, method, client, name: str, clock, args):
+        sf = self.splitfed
+        if sf.version == "v2":
+            with sf.turn(clock):
+                return method(self, client, name, clock, *args)
+        if client not in sf.copies:     # v1: this client's copy of the segments here, from the global ones
+            mods = {n: copy.deepcopy(m) for n, m in self.modules.items()}
+            sf.copies[client] = (mods, {n: make_optimizer(m.parameters(), self.training) for n, m in mods.items()}, {})
+        saved = self.modules, self.optims, self.stash
+        self.modules, self.optims, self.stash = sf.copies[client]
+        try:
+            return method(self, client, name, clock, *args)
+        finally:
+            self.modules, self.optims, self.stash = saved
+
+    def splitfed_fold(self, entries: list[tuple[int, float]], *client_weights) -> None:
+        """Add finished clients, [(client, weight)], to the round's weighted sums. The sums are taken in the
+        round's canonical order whatever order clients finish in (early ones wait in a buffer), so results do
+        not depend on the number of workers. ``client_weights``: at the averaging point, the workers'
+        {client: weights}; elsewhere results this call must wait for (Ray resolves them first), ignored."""
+        sf = self.splitfed
+        weights = {k: w for d in client_weights if sf.client_global is not None for k, w in d.items()}
+        for k, n in entries:
+            sf.buffer[sf.position[k]] = (n, weights.get(k), sf.copies.pop(k, None))
+        while sf.folded in sf.buffer:
+            n, client_state, own = sf.buffer.pop(sf.folded)
+            sf.folded += 1
+            sf.total += n
+            if client_state is not None:
+                sf.sums.add("client", client_state, n)
+            if sf.version == "v1":     # a client that never called this host leaves its segments unchanged
+                sf.sums.add("server", {m_name: m.state_dict() for m_name, m in (own[0] if own else self.modules).items()}, n)
+
+    def splitfed_finish_round(self) -> None:
+        """Averages (FedAvg): the client-side weights at the averaging point, v1's server-side copies here."""
+        sf = self.splitfed
+        if sf.folded != len(sf.order):
+            raise RuntimeError(f"SplitFed round {sf.round}: {sf.folded} of {len(sf.order)} clients averaged")
+        if sf.client_global is not None:
+            sf.client_global = sf.sums.mean("client", sf.total)
+        if sf.version == "v1":
+            for n, sd in sf.sums.mean("server", sf.total).items():
+                self.modules[n].load_state_dict(sd)
+        sf.sums = WeightedSums()
+
+    def splitfed_client_global(self) -> dict | None:
+        return self.splitfed.client_global
+
+
+class WeightedSums:
+    """Running sums of state dicts weighted by sample count, in float64 on the CPU; ``mean`` gives the
+    weighted average in each tensor's own dtype (counters such as BatchNorm's are rounded)."""
+
+    def __init__(self):
+        self.sums: dict[str, dict[str, dict[str, torch.Tensor]]] = defaultdict(dict)
+        self.dtypes: dict[tuple[str, str, str], torch.dtype] = {}
+
+    def add(self, kind: str, states: dict[str, dict], weight: float) -> None:
+        for seg, sd in states.items():
+            acc = self.sums[kind].setdefault(seg, {})
+            for key, t in sd.items():
+                self.dtypes[(kind, seg, key)] = t.dtype
+                v = t.detach().to("cpu", torch.float64) * weight
+                acc[key] = acc[key] + v if key in acc else v
+
+    def mean(self, kind: str, total: float) -> dict[str, dict[str, torch.Tensor]]:
+        out = {}
+        for seg, acc in self.sums[kind].items():
+            out[seg] = {}
+            for key, v in acc.items():
+                dtype, v = self.dtypes[(kind, seg, key)], v / total
+                out[seg][key] = (v if dtype.is_floating_point else v.round()).to(dtype)
+        return out
+
+
+@dataclass
+class SplitFedState:
+    """A server-side host's SplitFed state for the current round."""
+    version: str                                  # v1 | v2
+    client_global: dict | None                    # the global client-side weights (averaging point only)
+    calls_per_ticket: int = 1                     # segment calls this host gets per step (v2 turnstile)
+    round: int = -1
+    order: list[int] = field(default_factory=list)
+    position: dict[int, int] = field(default_factory=dict)
+    copies: dict[int, tuple[dict, dict, dict]] = field(default_factory=dict)   # v1: client -> (modules, optims, stash)
+    buffer: dict[int, tuple] = field(default_factory=dict)
+    folded: int = 0
+    total: float = 0.0
+    sums: WeightedSums = field(default_factory=WeightedSums)
+    ticket: int = 0
+    calls: int = 0
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    TURN_TIMEOUT_S = 600.0
+
+    def open(self, round_: int, order: list[int]) -> None:
+        self.round, self.order = round_, list(order)
+        self.position = {k: i for i, k in enumerate(order)}
+        self.copies, self.buffer, self.folded, self.total, self.sums = {}, {}, 0, 0.0, WeightedSums()
+        self.ticket, self.calls = 0, 0
+
+    @contextmanager
+    def turn(self, clock):
+        """v2: the one server model takes steps in ticket order (the clock's step is the ticket); a call of a
+        later step waits in its Ray thread until every call of the earlier steps has run here."""
+        round_, ticket = clock
+        if round_ != self.round:
+            raise RuntimeError(f"SplitFed v2: a step of round {round_} reached a host in round {self.round}")
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.ticket == ticket, timeout=self.TURN_TIMEOUT_S):
+                raise RuntimeError(f"SplitFed v2: step {ticket} waited {self.TURN_TIMEOUT_S:g}s for step {self.ticket}")
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.calls += 1
+                if self.calls == self.calls_per_ticket:
+                    self.ticket, self.calls = self.ticket + 1, 0
+                    self.cond.notify_all()
 
 
 RemotePartyHost = ray.remote(PartyHost)

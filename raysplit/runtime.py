@@ -1,7 +1,9 @@
 """Where things run: connect to Ray (local or a cluster) and place the party hosts.
 
 The same code path serves a laptop and a cluster; only ``runtime.address`` and the per-role resources
-differ (DESIGN invariant 5).
+differ (DESIGN invariant 5). Per role (``runtime.worker``, ``runtime.server``): CPUs, GPUs (fractions
+allowed; a host with ``num_gpus > 0`` runs its segments on its GPU) and custom resources that pin it to the
+nodes declaring them; ``runtime.placement`` puts all hosts in one placement group (PACK, SPREAD, ...).
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from typing import Any
 import numpy as np
 import ray
 import torch
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from raysplit.config import ExperimentConfig, Resources
 from raysplit.errors import ConfigError
@@ -56,6 +60,40 @@ def check_capacity(requests: list[tuple[str, Resources]]) -> None:
             raise ConfigError(fields[0] if len(fields) == 1 else "runtime", want,
                               f"at most {have.get(key, 0):g} {key}s in total (what the Ray cluster has); "
                               f"lower {', '.join(fields)} or runtime.workers")
+    for key in sorted({k for _, r in requests for k in r.resources}):
+        want = sum(r.resources.get(key, 0) for _, r in requests)
+        if want > have.get(key, 0) + 1e-9:
+            fields = sorted({f"{f}.resources.{key}" for f, r in requests if r.resources.get(key, 0) > 0})
+            raise ConfigError(fields[0], want, f"at most {have.get(key, 0):g} of custom resource {key} in total "
+                              f"(what the Ray cluster's nodes declare); lower {', '.join(fields)} or runtime.workers")
+
+
+PLACEMENT_TIMEOUT_S = 120
+
+
+def bundle(res: Resources) -> dict[str, float]:
+    """A host's resource request as a placement-group bundle (Ray refuses zero entries)."""
+    return {k: v for k, v in {"CPU": res.num_cpus, "GPU": res.num_gpus, **res.resources}.items() if v > 0}
+
+
+def reserve(strategy: str | None, requests: list[tuple[str, Resources]]):
+    """One placement group with a bundle per host (in ``requests`` order), or None without a strategy."""
+    if strategy is None:
+        return None
+    for f, r in requests:
+        if not bundle(r):
+            raise ConfigError(f"{f}.num_cpus", r.num_cpus, f"> 0 (or a GPU or custom resource) with runtime.placement "
+                              f"{strategy}: a placement-group bundle cannot be empty")
+    nodes = sum(1 for n in ray.nodes() if n["Alive"])
+    if strategy == "STRICT_SPREAD" and len(requests) > nodes:
+        raise ConfigError("runtime.placement", strategy, f"at most one party host per node: {len(requests)} hosts "
+                          f"but {nodes} nodes; use SPREAD or fewer runtime.workers")
+    pg = placement_group([bundle(r) for _, r in requests], strategy=strategy)
+    if not pg.wait(timeout_seconds=PLACEMENT_TIMEOUT_S):
+        remove_placement_group(pg)
+        raise ConfigError("runtime.placement", strategy, f"a placement the cluster can satisfy; "
+                          f"{[bundle(r) for _, r in requests]} could not be placed within {PLACEMENT_TIMEOUT_S}s")
+    return pg
 
 
 @dataclass
@@ -63,6 +101,7 @@ class Hosts:
     workers: list[Any]                                   # actors hosting virtual clients
     roles: dict[str, Any] = field(default_factory=dict)  # non-client role -> actor
     client_host: dict[int, Any] = field(default_factory=dict)
+    placement_group: Any = None
 
     @property
     def all(self) -> list[Any]:
@@ -70,18 +109,21 @@ class Hosts:
 
 
 def start_hosts(cfg: ExperimentConfig, topology: Topology, modules: dict, train_x, train_y,
-                client_indices: list, capture_ledger: bool = False,
-                holder_ids: dict[str, np.ndarray] | None = None) -> Hosts:
+                client_indices: list, capture_ledger: bool = False, holder_ids: dict[str, np.ndarray] | None = None,
+                role_options: dict | None = None) -> Hosts:
     """One actor per worker (hosting clients k with k % workers == i) and one per other role.
 
     Each party gets only the data it holds: its own features (``topology.view``) if it reads raw inputs, the
     labels if it holds them; a role in ``holder_ids`` only the rows of those training-sample ids. Without
     virtual clients (vertical), the first segment's owner drives the steps over ``client_indices``.
+    ``role_options``: extra Ray actor options for the non-client hosts (e.g. max_concurrency).
     """
     rt, holder_ids = cfg.runtime, holder_ids or {}
     other_roles = [r for r in topology.roles if r != CLIENT]
     n_workers = min(rt.workers, len(client_indices)) if CLIENT in topology.roles else 0
-    check_capacity([("runtime.worker", rt.worker)] * n_workers + [("runtime.server", rt.server)] * len(other_roles))
+    requests = [("runtime.worker", rt.worker)] * n_workers + [("runtime.server", rt.server)] * len(other_roles)
+    check_capacity(requests)
+    pg = reserve(rt.placement, requests)
     modules_ref = ray.put(modules)
     common = dict(training=cfg.training, seed=cfg.seed, deterministic=rt.deterministic, capture_ledger=capture_ledger)
 
@@ -97,30 +139,40 @@ def start_hosts(cfg: ExperimentConfig, topology: Topology, modules: dict, train_
             out["data_y"] = ray.put(train_y[rows])
         return out
 
-    def host(name, roles, res: Resources, **kw):
-        return RemotePartyHost.options(num_cpus=res.num_cpus, num_gpus=res.num_gpus, name=None).remote(
+    def host(name, roles, res: Resources, options: dict | None = None, **kw):
+        opts: dict[str, Any] = dict(num_cpus=res.num_cpus, num_gpus=res.num_gpus, name=None, **(options or {}))
+        if res.resources:
+            opts["resources"] = dict(res.resources)
+        if pg is not None:   # bundles are in the order the hosts are created
+            opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=len(hosts.all))
+        return RemotePartyHost.options(**opts).remote(
             name, topology, roles, modules_ref, threads=threads_for(res), use_gpu=res.num_gpus > 0, **common, **kw)
 
-    hosts = Hosts(workers=[])
-    if n_workers:
-        client_data = data_of(CLIENT)
-    for w in range(n_workers):
-        mine = {k: idx for k, idx in enumerate(client_indices) if k % n_workers == w}
-        hosts.workers.append(host(f"worker{w}", [CLIENT], rt.worker, client_indices=mine, **client_data))
-        hosts.client_host.update({k: hosts.workers[-1] for k in mine})
-    initiator = topology.segments[0].owner
-    for role in other_roles:
-        steps = dict(client_indices=dict(enumerate(client_indices))) if role == initiator else {}
-        hosts.roles[role] = host(role, [role], rt.server, **data_of(role), **steps)
-        if steps:
-            hosts.client_host.update({k: hosts.roles[role] for k in range(len(client_indices))})
-    peers = dict(hosts.roles)
-    ray.get([h.set_peers.remote(peers) for h in hosts.all])
-    for line in ray.get([h.ping.remote() for h in hosts.all]):
-        log.info("party host ready: %s", line)
+    hosts = Hosts(workers=[], placement_group=pg)
+    try:
+        client_data = data_of(CLIENT) if n_workers else {}
+        for w in range(n_workers):
+            mine = {k: idx for k, idx in enumerate(client_indices) if k % n_workers == w}
+            hosts.workers.append(host(f"worker{w}", [CLIENT], rt.worker, client_indices=mine, **client_data))
+            hosts.client_host.update({k: hosts.workers[-1] for k in mine})
+        initiator = topology.segments[0].owner
+        for role in other_roles:
+            steps = dict(client_indices=dict(enumerate(client_indices))) if role == initiator else {}
+            hosts.roles[role] = host(role, [role], rt.server, role_options, **data_of(role), **steps)
+            if steps:
+                hosts.client_host.update({k: hosts.roles[role] for k in range(len(client_indices))})
+        peers = dict(hosts.roles)
+        ray.get([h.set_peers.remote(peers) for h in hosts.all])
+        for line in ray.get([h.ping.remote() for h in hosts.all]):
+            log.info("party host ready: %s", line)
+    except BaseException:      # an actor that cannot start: release what was reserved
+        stop_hosts(hosts)
+        raise
     return hosts
 
 
 def stop_hosts(hosts: Hosts | None) -> None:
     for h in hosts.all if hosts else []:
         ray.kill(h)
+    if hosts and hosts.placement_group is not None:
+        remove_placement_group(hosts.placement_group)

@@ -12,3 +12,31 @@ def client_order(cfg: ExperimentConfig, round_: int) -> list[int]:
     if cfg.training.client_order == "fixed":
         return list(range(n))
     return [int(k) for k in np.random.default_rng([cfg.seed, 3, round_]).permutation(n)]
+
+
+def clients_per_round(cfg: ExperimentConfig) -> int:
+    """How many clients take part in a parallel round: the count if given, else the fraction (at least 1)."""
+    n = cfg.data.num_clients
+    if cfg.training.clients_per_round is not None:
+        return cfg.training.clients_per_round
+    return max(1, int(cfg.training.participation * n + 1e-9))
+
+
+def participants(cfg: ExperimentConfig, round_: int) -> list[int]:
+    """Parallel schedule: the clients taking part in a round, sampled without replacement from the seed.
+
+    Their order is the round's canonical order: SplitFed averages in it and SplitFed v2's server takes the
+    clients' steps in it. ``client_order: fixed`` keeps them sorted; ``shuffled`` keeps the draw's order.
+    """
+    n, m = cfg.data.num_clients, clients_per_round(cfg)
+    if m == n:
+        return client_order(cfg, round_)
+    drawn = [int(k) for k in np.random.default_rng([cfg.seed, 4, round_]).choice(n, size=m, replace=False)]
+    return sorted(drawn) if cfg.training.client_order == "fixed" else drawn
+
+
+def interleave(order: list[int], steps: dict[int, int]) -> list[tuple[int, int]]:
+    """SplitFed v2's server order: round-robin by step over the clients in ``order`` — step 0 of every client,
+    then step 1 of every client that has one, ... Returns [(client, local step)]; the list index is the
+    step's ticket, the position at which the one server model processes it."""
+    return [(k, j) for j in range(max(steps.values(), default=0)) for k in order if j < steps[k]]

@@ -6,8 +6,9 @@ evaluation) and ``stop()``. Register new ones in ``ALGORITHMS``.
 """
 from raysplit.algorithms.base import Plan, merge_stats
 from raysplit.algorithms.centralized import Centralized
+from raysplit.algorithms.splitfed import SplitFed
 from raysplit.algorithms.splitnn import SplitNN
 
-ALGORITHMS = {"splitnn": SplitNN, "centralized": Centralized}
+ALGORITHMS = {"splitnn": SplitNN, "splitfed": SplitFed, "centralized": Centralized}
 
-__all__ = ["ALGORITHMS", "Centralized", "Plan", "SplitNN", "merge_stats"]
+__all__ = ["ALGORITHMS", "Centralized", "Plan", "SplitFed", "SplitNN", "merge_stats"]
