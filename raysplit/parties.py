@@ -304,6 +304,7 @@ class PartyHost:
         trains its own copy of the client-side segments, from ``client_global`` with a fresh optimizer; after
         its last step its weights go to the averaging point. Returns ({client: weights}, train stats)."""
         epochs, size = self.training.local_epochs, self.training.batch_size
+        client_global = receive(client_global, self.device)
         names = [n for n in self.modules if self.topo.segment(n).owner == CLIENT]
         home = ({n: self.modules[n] for n in names}, {n: self.optims[n] for n in names})
         last = {k: j for _, k, j in plan}
@@ -356,7 +357,7 @@ class PartyHost:
         not depend on the number of workers. ``client_weights``: at the averaging point, the workers'
         {client: weights}; elsewhere results this call must wait for (Ray resolves them first), ignored."""
         sf = self.splitfed
-        weights = {k: w for d in client_weights if sf.client_global is not None for k, w in d.items()}
+        weights = {k: receive(w) for d in client_weights if sf.client_global is not None for k, w in d.items()}
         for k, n in entries:
             sf.buffer[sf.position[k]] = (n, weights.get(k), sf.copies.pop(k, None))
         while sf.folded in sf.buffer:
