@@ -126,6 +126,8 @@ def count_flops(module: torch.nn.Module, inputs: Sequence[torch.Tensor], input_g
           for t in inputs]
     with FlopCounterMode(display=False) as fwd:
         out = probe(*xs)
+    if isinstance(out, dict):          # a ComposedNet: {task: logits}
+        out = list(out.values())
     outs = [o for o in (out if isinstance(out, (tuple, list)) else [out]) if o.requires_grad]
     with FlopCounterMode(display=False) as bwd:
         if outs:

@@ -59,6 +59,7 @@ class TrainingConfig:
     momentum: float = _rule(default=0.9, **non_negative)
     weight_decay: float = _rule(default=0.0, **non_negative)
     client_order: Literal["fixed", "shuffled"] = "fixed"
+    participation: float = _rule(default=1.0, **fraction)  # fedavg: share of clients sampled each round
 
 
 @dataclass
@@ -78,11 +79,25 @@ class RuntimeConfig:
     deterministic: bool = True            # torch.use_deterministic_algorithms in every party
 
 
+COMPARE_METHODS = ("splitnn", "fedavg", "large_batch_sgd")
+# what a per-method override may not change: the methods are compared on the same data, partition, model, seed
+SHARED_BY_METHODS = ("algorithm", "compare", "name", "output_dir", "seed", "data", "model.name")
+
+
+@dataclass
+class CompareConfig:
+    """``raysplit compare``: per-method overrides ({dotted key: value}) applied on top of the shared config,
+    e.g. ``fedavg: {training.lr: 0.1}``. Ignored by ``raysplit run``."""
+    splitnn: dict = field(default_factory=dict)
+    fedavg: dict = field(default_factory=dict)
+    large_batch_sgd: dict = field(default_factory=dict)
+
+
 @dataclass
 class ExperimentConfig:
     name: str = "experiment"
     seed: int = 0
-    algorithm: Literal["splitnn", "centralized"] = "splitnn"
+    algorithm: Literal["splitnn", "centralized", "fedavg", "large_batch_sgd"] = "splitnn"
     topology: Literal["vanilla", "u_shaped", "extended", "multi_hop"] = "vanilla"
     schedule: Literal["sequential"] = "sequential"
     handoff: Literal["peer", "server"] = "peer"
@@ -91,6 +106,7 @@ class ExperimentConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     output_dir: Optional[str] = None      # default results/<name>-<timestamp>
+    compare: CompareConfig = field(default_factory=lambda: CompareConfig())
 
 
 # --------------------------------------------------------------------------- loading and validation
@@ -103,6 +119,8 @@ def _describe(tp) -> str:
         return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None)) + " or null"
     if origin is list:
         return "a list of " + _describe(typing.get_args(tp)[0])
+    if tp is dict:
+        return "a mapping"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 
 
@@ -126,6 +144,10 @@ def _coerce(value: Any, tp, path: str, meta: dict) -> Any:
         if value not in typing.get_args(tp):
             raise ConfigError(path, value, _describe(tp))
         return value
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(path, value, meta.get("allowed") or "a mapping")
+        return dict(value)
     if origin is list:
         if not isinstance(value, list):
             value = [value]
@@ -216,6 +238,39 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("data.medmnist_file", None, "a path to a MedMNIST .npz file when data.dataset is medmnist")
     if len(cfg.data.synthetic_shape) not in (1, 3) or any(s <= 0 for s in cfg.data.synthetic_shape):
         raise ConfigError("data.synthetic_shape", cfg.data.synthetic_shape, "[features] or [channels, height, width], all > 0")
+    for method in COMPARE_METHODS:
+        if getattr(cfg.compare, method):
+            method_config(cfg, method)   # a bad per-method override is refused at load time
+
+
+def _flatten(overrides: dict, prefix: str = "") -> dict[str, Any]:
+    """``{training: {lr: 0.1}}`` and ``{training.lr: 0.1}`` mean the same override."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def method_config(cfg: ExperimentConfig, method: str) -> ExperimentConfig:
+    """The config ``raysplit compare`` runs for one method: the shared config, ``algorithm`` set to the
+    method, then the method's overrides from the ``compare`` section."""
+    raw = to_dict(cfg)
+    overrides = _flatten(raw.pop("compare")[method])
+    raw["algorithm"] = method
+    for key, value in overrides.items():
+        if any(key == s or key.startswith(s + ".") for s in SHARED_BY_METHODS):
+            raise ConfigError(f"compare.{method}.{key}", value, "an override of another setting; the methods share "
+                              + ", ".join(SHARED_BY_METHODS))
+    try:
+        for key, value in overrides.items():
+            set_by_path(raw, key, value)
+        return from_dict(raw)
+    except ConfigError as e:
+        raise ConfigError(f"compare.{method}.{e.field}", e.value, e.allowed) from None
 
 
 def to_dict(cfg: ExperimentConfig) -> dict:

@@ -68,10 +68,12 @@ class Hosts:
 
 
 def start_hosts(cfg: ExperimentConfig, topology: Topology, modules: dict, train_x, train_y,
-                client_indices: list, capture_ledger: bool = False) -> Hosts:
-    """One actor per worker (hosting clients k with k % workers == i) and one per other role."""
+                client_indices: list, capture_ledger: bool = False, other_roles: list[str] | None = None) -> Hosts:
+    """One actor per worker (hosting clients k with k % workers == i) and one per other role (by default the
+    topology's; the whole-model baselines ask for just the server)."""
     rt = cfg.runtime
-    other_roles = [r for r in topology.roles if r != CLIENT]
+    if other_roles is None:
+        other_roles = [r for r in topology.roles if r != CLIENT]
     n_workers = min(rt.workers, len(client_indices)) if CLIENT in topology.roles else 0
     check_capacity([("runtime.worker", rt.worker)] * n_workers + [("runtime.server", rt.server)] * len(other_roles))
     modules_ref, x_ref, y_ref = ray.put(modules), ray.put(train_x), ray.put(train_y)

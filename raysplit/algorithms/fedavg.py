@@ -1,0 +1,20 @@
+"""Federated averaging (McMahan et al.): each round the server sends the global weights to a sampled share
+of the clients; each trains the whole network for ``local_epochs`` on its own batches and sends its
+weights back; the server averages them weighted by the clients' sample counts."""
+from __future__ import annotations
+
+from raysplit.algorithms.whole_model import WholeModelAlgorithm
+from raysplit.schedule import participants
+
+
+class FedAvg(WholeModelAlgorithm):
+    def run_round(self, r: int) -> dict:
+        clients = participants(self.cfg, r)
+        weights = self.server.send_global.remote((r, 0), clients)
+        stats = []
+        for k in clients:
+            upload, st = self.hosts.client_host[k].local_train.options(num_returns=2).remote(k, r, weights)
+            self.server.accumulate.remote(upload)   # in client order, as uploads arrive: one in memory at a time
+            stats.append(st)
+        done = self.server.finish_average.remote()
+        return self.collect(stats, done, f"round {r + 1}/{self.cfg.training.rounds}")
