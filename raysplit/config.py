@@ -255,11 +255,17 @@ def _flatten(overrides: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def method_overrides(cfg: ExperimentConfig, method: str) -> dict[str, Any]:
+    """The ``compare`` section's overrides for one method, as {dotted key: value}."""
+    return _flatten(getattr(cfg.compare, method))
+
+
 def method_config(cfg: ExperimentConfig, method: str) -> ExperimentConfig:
     """The config ``raysplit compare`` runs for one method: the shared config, ``algorithm`` set to the
     method, then the method's overrides from the ``compare`` section."""
     raw = to_dict(cfg)
-    overrides = _flatten(raw.pop("compare")[method])
+    raw.pop("compare")
+    overrides = method_overrides(cfg, method)
     raw["algorithm"] = method
     for key, value in overrides.items():
         if any(key == s or key.startswith(s + ".") for s in SHARED_BY_METHODS):
