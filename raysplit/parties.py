@@ -240,7 +240,8 @@ class PartyHost:
     # sample counts, in client order (so results do not depend on how clients are spread over workers).
     def init_whole_model(self, modules: dict[str, nn.Module]) -> None:
         self.whole = ComposedNet(self.topo, modules).to(self.device)
-        self.whole_optim = make_optimizer(self.whole.parameters(), self.training)  # the server's, for large-batch SGD
+        if "server" in self.roles:          # large-batch SGD steps the global network on the server
+            self.whole_optim = make_optimizer(self.whole.parameters(), self.training)
         self._acc: dict[str, torch.Tensor] | None = None      # running sample-weighted sum (float64)
         self._acc_samples = 0
         self._epoch_batches: dict[tuple[int, int], list[np.ndarray]] = {}

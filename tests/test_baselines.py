@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import small_config
-from raysplit.accounting import count_flops
+from raysplit.accounting import count_flops, row_fingerprints
 from raysplit.algorithms import Centralized, FedAvg, LargeBatchSGD
 from raysplit.data import batches
 from raysplit.experiment import prepare, run
@@ -42,6 +42,12 @@ def sgd_step(net, opt, plan, idx) -> None:
     opt.zero_grad()
     loss.backward()
     opt.step()
+
+
+def assert_no_raw_data(plan, entries) -> None:
+    """DESIGN invariant 1: only weights and gradients travel; no raw input row, no labels."""
+    raw = row_fingerprints(torch.from_numpy(plan.dataset.train_x))
+    assert entries and all(e.kind in ("weights", "gradient_update") and not (e.fingerprints & raw) for e in entries)
 
 
 def initial(plan) -> ComposedNet:
@@ -109,7 +115,8 @@ def test_fedavg_ledger_and_meter_match_closed_form(ray_session):
     cfg = small_config("algorithm=fedavg", "data.num_clients=4", "training.participation=0.5",
                        "training.rounds=2", "training.local_epochs=2")
     plan = prepare(cfg)
-    result = run(cfg, progress=False, write=False)
+    result = run(cfg, progress=False, write=False, capture_ledger=True)
+    assert_no_raw_data(plan, result.entries)
     led = result.ledger
     net = initial(plan)
     params = sum(p.numel() for p in net.parameters())
@@ -179,7 +186,9 @@ def test_large_batch_sgd_ledger_matches_closed_form(ray_session):
     cfg = small_config("algorithm=large_batch_sgd", "data.num_clients=3", "data.synthetic_samples=100",
                        "training.batch_size=16", "training.rounds=1")
     plan = prepare(cfg)
-    led = run(cfg, progress=False, write=False).ledger
+    result = run(cfg, progress=False, write=False, capture_ledger=True)
+    assert_no_raw_data(plan, result.entries)
+    led = result.ledger
     params = sum(p.numel() for p in initial(plan).parameters())
     steps = {k: math.ceil(len(idx) / 16) for k, idx in enumerate(plan.client_indices)}   # 34, 33, 33 samples
     assert steps == {0: 3, 1: 3, 2: 3} and len(plan.client_indices[0]) % 16

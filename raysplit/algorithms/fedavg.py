@@ -11,10 +11,11 @@ class FedAvg(WholeModelAlgorithm):
     def run_round(self, r: int) -> dict:
         clients = participants(self.cfg, r)
         weights = self.server.send_global.remote((r, 0), clients)
-        stats = []
+        stats, server_calls = [], []
         for k in clients:
             upload, st = self.hosts.client_host[k].local_train.options(num_returns=2).remote(k, r, weights)
-            self.server.accumulate.remote(upload)   # in client order, as uploads arrive: one in memory at a time
+            # summed in client order as uploads arrive, so few are held at once
+            server_calls.append(self.server.accumulate.remote(upload))
             stats.append(st)
-        done = self.server.finish_average.remote()
-        return self.collect(stats, done, f"round {r + 1}/{self.cfg.training.rounds}")
+        server_calls.append(self.server.finish_average.remote())
+        return self.collect(stats, server_calls, f"round {r + 1}/{self.cfg.training.rounds}")

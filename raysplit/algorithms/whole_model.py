@@ -34,8 +34,8 @@ class WholeModelAlgorithm:
         modules_ref = ray.put(p.modules)        # the seeded initial network: the same start as SplitNN
         ray.get([h.init_whole_model.remote(modules_ref) for h in self.hosts.all])
 
-    def collect(self, stats_refs: list, done_ref, desc: str) -> dict:
-        """Merge the clients' train stats as they arrive; wait for the server's last call of the round."""
+    def collect(self, stats_refs: list, server_refs: list, desc: str) -> dict:
+        """Merge the clients' train stats as they arrive; wait for (and surface any error of) the server's calls."""
         out: dict = {}
         pending = list(stats_refs)
         with tqdm(total=len(pending), desc=desc, unit="call", leave=False, disable=not self.progress) as bar:
@@ -43,7 +43,7 @@ class WholeModelAlgorithm:
                 done, pending = ray.wait(pending, num_returns=1)
                 merge_stats(out, ray.get(done[0]))
                 bar.update(1)
-        ray.get(done_ref)
+        ray.get(server_refs)
         return out
 
     def drain(self) -> tuple[list, dict]:
