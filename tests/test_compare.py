@@ -16,7 +16,7 @@ METHODS = ["splitnn", "fedavg", "large_batch_sgd"]
 def test_compare_writes_one_directory_with_three_runs(tmp_path):
     out = tmp_path / "cmp"
     p = raysplit("compare", "experiments/compare_fmnist.yaml", *SMALL, "--set", "data.num_clients=3",
-                 "--set", "compare.fedavg.training.lr=0.02", "--out", str(out), "--quiet")
+                 "--set", "compare.fedavg.training.lr=0.03", "--out", str(out), "--quiet")
     assert p.returncode == 0, p.stderr
     assert sorted(x.name for x in out.iterdir()) == sorted(["comparison.csv", "config.yaml", *METHODS])
     table = pd.read_csv(out / "comparison.csv")
@@ -32,7 +32,7 @@ def test_compare_writes_one_directory_with_three_runs(tmp_path):
         assert row["client_tflops_per_client"] == summary["client_tflops_per_client"]
         assert row["client_gb_per_client"] == summary["client_gb_per_client"] > 0
     lrs = {m: yaml.safe_load((out / m / "config.yaml").read_text())["training"]["lr"] for m in METHODS}
-    assert lrs == {"splitnn": 0.05, "fedavg": 0.02, "large_batch_sgd": 0.5}   # the example's own override kept
+    assert lrs == {"splitnn": 0.05, "fedavg": 0.03, "large_batch_sgd": 0.02}   # the example's own override kept
     # same batches, one local epoch: FedAvg and large-batch SGD do the same client arithmetic; SplitNN's
     # clients compute only their segment
     flops = {m: pd.read_csv(out / m / "metrics.csv")["client_flops"].sum() for m in METHODS}
