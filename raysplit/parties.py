@@ -15,7 +15,9 @@ forward and backward is metered by ``self.meter``.
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 from collections import defaultdict
 from typing import Any, Sequence
 
@@ -44,6 +46,23 @@ def configure_torch(threads: int, deterministic: bool) -> None:
     torch.set_num_threads(threads)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+    keep_freed_buffers()
+
+
+def keep_freed_buffers() -> None:
+    """Keep freed activation buffers in the heap (glibc). In a Ray worker process glibc unmaps each large
+    freed buffer and the next step page-faults it back in (measured: ~23k minor faults per FedAvg client
+    turn, steps 15-20% slower than the same code in a plain process); fixed mmap/trim thresholds stop that."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):   # not glibc
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 64 << 20)
+    mallopt(m_trim_threshold, 128 << 20)
 
 
 class PartyHost:
