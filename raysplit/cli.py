@@ -1,4 +1,4 @@
-"""The ``raysplit`` command: run | validate | costs | plot."""
+"""The ``raysplit`` command: run | compare | validate | costs | plot."""
 from __future__ import annotations
 
 import argparse
@@ -25,6 +25,16 @@ def cmd_run(args) -> int:
     last = result.metrics.iloc[-1]
     print(f"test accuracy {last['test_acc']:.4f} after {int(last['round'])} rounds; "
           f"results in {result.out_dir}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from raysplit.compare import compare
+
+    cfg = _load(args)
+    result = compare(cfg, out_dir=args.out, progress=not args.quiet)
+    print(result.table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"results in {result.out_dir}")
     return 0
 
 
@@ -69,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="results directory (default results/<name>-<timestamp>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("compare", help="run SplitNN, FedAvg and large-batch SGD on the same data, model and seed "
+                                       "into one results directory (per-method overrides: the config's compare section)")
+    _config_args(p)
+    p.add_argument("--out", help="results directory (default results/<name>-<timestamp>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(fn=cmd_compare)
     p = sub.add_parser("validate", help="check a config (data, model, cuts) and print it resolved")
     _config_args(p)
     p.set_defaults(fn=cmd_validate)

@@ -60,7 +60,7 @@ class TrainingConfig:
     momentum: float = _rule(default=0.9, **non_negative)
     weight_decay: float = _rule(default=0.0, **non_negative)
     client_order: Literal["fixed", "shuffled"] = "fixed"
-    # parallel schedule: the clients taking part in a round, sampled from the seed each round
+    # parallel schedules (SplitFed, FedAvg): the clients taking part in a round, sampled from the seed each round
     participation: float = _rule(default=1.0, **fraction)                 # a fraction of the clients...
     clients_per_round: Optional[int] = _rule(default=None, **positive)    # ...or a count (takes precedence)
 
@@ -114,11 +114,25 @@ class MultiTaskConfig:
     group_owner: str = "server"           # the party holding the group head: the server or a party of its own
 
 
+COMPARE_METHODS = ("splitnn", "fedavg", "large_batch_sgd")
+# what a per-method override may not change: the methods are compared on the same data, partition, model, seed
+SHARED_BY_METHODS = ("algorithm", "compare", "name", "output_dir", "seed", "data", "model.name")
+
+
+@dataclass
+class CompareConfig:
+    """``raysplit compare``: per-method overrides ({dotted key: value}) applied on top of the shared config,
+    e.g. ``fedavg: {training.lr: 0.1}``. Ignored by ``raysplit run``."""
+    splitnn: dict = field(default_factory=dict)
+    fedavg: dict = field(default_factory=dict)
+    large_batch_sgd: dict = field(default_factory=dict)
+
+
 @dataclass
 class ExperimentConfig:
     name: str = "experiment"
     seed: int = 0
-    algorithm: Literal["splitnn", "splitfed", "centralized"] = "splitnn"
+    algorithm: Literal["splitnn", "splitfed", "centralized", "fedavg", "large_batch_sgd"] = "splitnn"
     topology: Literal["vanilla", "u_shaped", "vertical", "extended", "multi_task", "multi_hop"] = "vanilla"
     parties: Optional[list[str]] = None   # chains: who holds each segment, in order; default per topology
     schedule: Literal["sequential", "parallel"] = "sequential"
@@ -131,6 +145,7 @@ class ExperimentConfig:
     vertical: VerticalConfig = field(default_factory=VerticalConfig)
     multi_task: MultiTaskConfig = field(default_factory=MultiTaskConfig)
     output_dir: Optional[str] = None      # default results/<name>-<timestamp>
+    compare: CompareConfig = field(default_factory=lambda: CompareConfig())
 
 
 # --------------------------------------------------------------------------- loading and validation
@@ -168,6 +183,10 @@ def _coerce(value: Any, tp, path: str, meta: dict) -> Any:
         if value not in typing.get_args(tp):
             raise ConfigError(path, value, _describe(tp))
         return value
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(path, value, meta.get("allowed") or "a mapping")
+        return dict(value)
     if origin is list:
         if not isinstance(value, list):
             value = [value]
@@ -288,6 +307,9 @@ def validate(cfg: ExperimentConfig) -> None:
     if per_round is not None and cfg.training.participation != 1.0:
         raise ConfigError("training.participation", cfg.training.participation,
                           "1.0 (the default) when training.clients_per_round is set: give a fraction or a count, not both")
+    for method in COMPARE_METHODS:
+        if getattr(cfg.compare, method):
+            method_config(cfg, method)   # a bad per-method override is refused at load time
 
 
 def _check_party_name(where: str, name: str) -> None:
@@ -323,6 +345,42 @@ def _validate_vertical(cfg: ExperimentConfig) -> None:
 
 def holder_names(cfg: ExperimentConfig) -> list[str]:
     return [h.name or f"holder{i}" for i, h in enumerate(cfg.vertical.holders)]
+
+
+def _flatten(overrides: dict, prefix: str = "") -> dict[str, Any]:
+    """``{training: {lr: 0.1}}`` and ``{training.lr: 0.1}`` mean the same override."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def method_overrides(cfg: ExperimentConfig, method: str) -> dict[str, Any]:
+    """The ``compare`` section's overrides for one method, as {dotted key: value}."""
+    return _flatten(getattr(cfg.compare, method))
+
+
+def method_config(cfg: ExperimentConfig, method: str) -> ExperimentConfig:
+    """The config ``raysplit compare`` runs for one method: the shared config, ``algorithm`` set to the
+    method, then the method's overrides from the ``compare`` section."""
+    raw = to_dict(cfg)
+    raw.pop("compare")
+    overrides = method_overrides(cfg, method)
+    raw["algorithm"] = method
+    for key, value in overrides.items():
+        if any(key == s or key.startswith(s + ".") for s in SHARED_BY_METHODS):
+            raise ConfigError(f"compare.{method}.{key}", value, "an override of another setting; the methods share "
+                              + ", ".join(SHARED_BY_METHODS))
+    try:
+        for key, value in overrides.items():
+            set_by_path(raw, key, value)
+        return from_dict(raw)
+    except ConfigError as e:
+        raise ConfigError(f"compare.{method}.{e.field}", e.value, e.allowed) from None
 
 
 def to_dict(cfg: ExperimentConfig) -> dict:

@@ -32,16 +32,17 @@ from raysplit import config as config_mod
 from raysplit.accounting import Entry, role_of, summarize
 from raysplit.algorithms import ALGORITHMS, Plan
 from raysplit.config import ExperimentConfig, holder_names
-from raysplit.data import aligned_sample_ids, load_dataset, partition
+from raysplit.data import Dataset, aligned_sample_ids, load_dataset, partition
 from raysplit.errors import ConfigError
 from raysplit.topology import ComposedNet, build_topology
 
 log = logging.getLogger("raysplit")
 
 
-def prepare(cfg: ExperimentConfig) -> Plan:
-    """Load data, build and split the model, partition clients: every data- or model-dependent check."""
-    dataset = load_dataset(cfg.data, cfg.seed)
+def prepare(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Plan:
+    """Load data, build and split the model, partition clients: every data- or model-dependent check.
+    ``dataset``: already loaded for this config's ``data`` and ``seed`` (``raysplit compare`` loads it once)."""
+    dataset = dataset or load_dataset(cfg.data, cfg.seed)
     topology, modules = build_topology(cfg, dataset.input_shape, dataset.num_classes)
     if cfg.topology != "vertical":
         return Plan(cfg, dataset, topology, modules, partition(dataset.train_y, cfg.data, cfg.seed))
@@ -122,10 +123,10 @@ class Result:
 
 
 def run(cfg: ExperimentConfig, out_dir: str | Path | None = None, progress: bool = True,
-        capture_ledger: bool = False, write: bool = True) -> Result:
+        capture_ledger: bool = False, write: bool = True, plan: Plan | None = None) -> Result:
     """Run an experiment end to end. ``capture_ledger`` keeps every ledger entry (with row fingerprints)
-    on the result, for the privacy tests."""
-    plan = prepare(cfg)
+    on the result, for the privacy tests. ``plan``: ``prepare(cfg)`` already done by the caller."""
+    plan = plan or prepare(cfg)
     out = Path(out_dir or cfg.output_dir or default_output_dir(cfg))
     if write:
         _check_free(out)

@@ -110,8 +110,9 @@ class Hosts:
 
 def start_hosts(cfg: ExperimentConfig, topology: Topology, modules: dict, train_x, train_y,
                 client_indices: list, capture_ledger: bool = False, holder_ids: dict[str, np.ndarray] | None = None,
-                role_options: dict | None = None) -> Hosts:
-    """One actor per worker (hosting clients k with k % workers == i) and one per other role.
+                role_options: dict | None = None, other_roles: list[str] | None = None) -> Hosts:
+    """One actor per worker (hosting clients k with k % workers == i) and one per other role (by default the
+    topology's; the whole-model baselines ask for just the server).
 
     Each party gets only the data it holds: its own features (``topology.view``) if it reads raw inputs, the
     labels if it holds them; a role in ``holder_ids`` only the rows of those training-sample ids. Without
@@ -119,7 +120,8 @@ def start_hosts(cfg: ExperimentConfig, topology: Topology, modules: dict, train_
     ``role_options``: extra Ray actor options for the non-client hosts (e.g. max_concurrency).
     """
     rt, holder_ids = cfg.runtime, holder_ids or {}
-    other_roles = [r for r in topology.roles if r != CLIENT]
+    if other_roles is None:
+        other_roles = [r for r in topology.roles if r != CLIENT]
     n_workers = min(rt.workers, len(client_indices)) if CLIENT in topology.roles else 0
     requests = [("runtime.worker", rt.worker)] * n_workers + [("runtime.server", rt.server)] * len(other_roles)
     check_capacity(requests)

@@ -23,7 +23,7 @@ def clients_per_round(cfg: ExperimentConfig) -> int:
 
 
 def participants(cfg: ExperimentConfig, round_: int) -> list[int]:
-    """Parallel schedule: the clients taking part in a round, sampled without replacement from the seed.
+    """Parallel schedules (SplitFed, FedAvg): the clients taking part in a round, sampled without replacement from the seed.
 
     Their order is the round's canonical order: SplitFed averages in it and SplitFed v2's server takes the
     clients' steps in it. ``client_order: fixed`` keeps them sorted; ``shuffled`` keeps the draw's order.
