@@ -35,6 +35,10 @@ def cmd_compare(args) -> int:
     result = compare(cfg, out_dir=args.out, progress=not args.quiet)
     print(result.table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"results in {result.out_dir}")
+    if not args.no_plots:
+        from analysis.plots import make_report
+
+        print(f"report: {make_report([result.out_dir], result.out_dir / 'report')['report']}")
     return 0
 
 
@@ -84,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--out", help="results directory (default results/<name>-<timestamp>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-plots", action="store_true", help="skip the figures and report.md (written to <out>/report)")
     p.set_defaults(fn=cmd_compare)
     p = sub.add_parser("validate", help="check a config (data, model, cuts) and print it resolved")
     _config_args(p)

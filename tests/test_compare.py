@@ -18,7 +18,10 @@ def test_compare_writes_one_directory_with_three_runs(tmp_path):
     p = raysplit("compare", "experiments/compare_fmnist.yaml", *SMALL, "--set", "data.num_clients=3",
                  "--set", "compare.fedavg.training.lr=0.03", "--out", str(out), "--quiet")
     assert p.returncode == 0, p.stderr
-    assert sorted(x.name for x in out.iterdir()) == sorted(["comparison.csv", "config.yaml", *METHODS])
+    assert sorted(x.name for x in out.iterdir()) == sorted(["comparison.csv", "config.yaml", "report", *METHODS])
+    report = (out / "report" / "report.md").read_text()          # the figures, drawn from these three runs
+    assert all(m in report for m in ("SplitNN", "Federated averaging", "Large-batch sync. SGD"))
+    assert (out / "report" / "accuracy_vs_client_tflops.png").stat().st_size > 0
     table = pd.read_csv(out / "comparison.csv")
     assert list(table["method"]) == METHODS
     for method in METHODS:
