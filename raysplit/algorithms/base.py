@@ -1,14 +1,18 @@
-"""Shared pieces of the algorithms: the prepared plan and train-statistics merging."""
+"""Shared pieces of the algorithms: the prepared plan, train statistics, draining hosts, composing the model."""
 from __future__ import annotations
 
+import copy
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
+import ray
 from torch import nn
+from tqdm import tqdm
 
 from raysplit.config import ExperimentConfig
 from raysplit.data import Dataset
-from raysplit.topology import Topology
+from raysplit.topology import ComposedNet, Topology
 
 
 @dataclass
@@ -29,3 +33,33 @@ def merge_stats(into: dict, stats: dict) -> None:
         cell[0] += loss_sum
         cell[1] += correct
         cell[2] += n
+
+
+def gather_stats(refs: list, desc: str, progress: bool, unit: str = "client") -> dict:
+    """Merge train stats as the calls finish, with a progress bar; errors in the calls surface here."""
+    out: dict = {}
+    pending = list(refs)
+    with tqdm(total=len(pending), desc=desc, unit=unit, leave=False, disable=not progress) as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            merge_stats(out, ray.get(done[0]))
+            bar.update(1)
+    return out
+
+
+def drain_hosts(hosts) -> tuple[list, dict]:
+    """The round's ledger entries and FLOP totals from every party host."""
+    entries, flops = [], defaultdict(int)
+    for e, f in ray.get([h.drain.remote() for h in hosts.all]):
+        entries += e
+        for k, v in f.items():
+            flops[k] += v
+    return entries, dict(flops)
+
+
+def compose(plan: Plan, states: dict[str, dict]) -> ComposedNet:
+    """The unsplit network with the given segment states (the rest as initialised): for evaluation."""
+    modules = copy.deepcopy(plan.modules)
+    for name, sd in states.items():
+        modules[name].load_state_dict(sd)
+    return ComposedNet(plan.topology, modules)

@@ -21,13 +21,11 @@ from the averaging point is a ``weights`` entry in the ledger.
 """
 from __future__ import annotations
 
-import copy
 import math
 
 import ray
-from tqdm import tqdm
 
-from raysplit.algorithms.base import Plan, merge_stats
+from raysplit.algorithms.base import Plan, compose, gather_stats
 from raysplit.algorithms.splitnn import SplitNN
 from raysplit.errors import ConfigError
 from raysplit.parties import AVERAGING_POINT
@@ -102,21 +100,10 @@ class SplitFed(SplitNN):
         return folds, stats
 
     def _gather(self, r: int, stats: list) -> dict:
-        out: dict = {}
-        pending = list(stats)
-        with tqdm(total=len(pending), desc=f"round {r + 1}/{self.cfg.training.rounds}", leave=False,
-                  disable=not self.progress) as bar:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                merge_stats(out, ray.get(done[0]))
-                bar.update(1)
-        return out
+        return gather_stats(stats, f"round {r + 1}/{self.cfg.training.rounds}", self.progress)
 
     def model(self) -> ComposedNet:
         states = dict(ray.get(self.hosts.roles[AVERAGING_POINT].splitfed_client_global.remote()))
         for h in self.hosts.roles.values():
             states.update(ray.get(h.segment_states.remote(None)))
-        modules = copy.deepcopy(self.plan.modules)
-        for name, sd in states.items():
-            modules[name].load_state_dict(sd)
-        return ComposedNet(self.plan.topology, modules)
+        return compose(self.plan, states)

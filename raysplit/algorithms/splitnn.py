@@ -1,14 +1,10 @@
 """Sequential SplitNN: clients take turns, handing the client-side weights and optimizer state on."""
 from __future__ import annotations
 
-import copy
-from collections import defaultdict
-
 import ray
-from tqdm import tqdm
 
 from raysplit.accounting import receive
-from raysplit.algorithms.base import Plan, merge_stats
+from raysplit.algorithms.base import Plan, compose, drain_hosts, gather_stats
 from raysplit.parties import party_id
 from raysplit.runtime import Hosts, connect, start_hosts, stop_hosts
 from raysplit.schedule import client_order
@@ -47,33 +43,16 @@ class SplitNN:
             self.state_ref = state_ref
             refs.append(stats_ref)
         self.order = next_order
-        out: dict = {}
-        pending = list(refs)
-        with tqdm(total=len(refs), desc=f"round {r + 1}/{self.cfg.training.rounds}", unit="client",
-                  leave=False, disable=not self.progress) as bar:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                merge_stats(out, ray.get(done[0]))
-                bar.update(1)
-        return out
+        return gather_stats(refs, f"round {r + 1}/{self.cfg.training.rounds}", self.progress)
 
     def drain(self) -> tuple[list, dict]:
-        entries, flops = [], defaultdict(int)
-        for e, f in ray.get([h.drain.remote() for h in self.hosts.all]):
-            entries += e
-            for k, v in f.items():
-                flops[k] += v
-        return entries, dict(flops)
+        return drain_hosts(self.hosts)
 
     def model(self) -> ComposedNet:
-        client = receive(ray.get(self.state_ref)["model"]) if self.state_ref is not None else {}
-        states = dict(client)
+        states = dict(receive(ray.get(self.state_ref)["model"])) if self.state_ref is not None else {}
         for h in self.hosts.roles.values():
             states.update(ray.get(h.segment_states.remote(None)))
-        modules = copy.deepcopy(self.plan.modules)
-        for name, sd in states.items():
-            modules[name].load_state_dict(sd)
-        return ComposedNet(self.plan.topology, modules)
+        return compose(self.plan, states)
 
     def stop(self) -> None:
         stop_hosts(self.hosts)

@@ -8,12 +8,10 @@ calls and passes ObjectRefs between actors (it never fetches weights or gradient
 from __future__ import annotations
 
 import copy
-from collections import defaultdict
 
 import ray
-from tqdm import tqdm
 
-from raysplit.algorithms.base import Plan, merge_stats
+from raysplit.algorithms.base import Plan, drain_hosts, gather_stats
 from raysplit.runtime import Hosts, connect, start_hosts, stop_hosts
 from raysplit.topology import ComposedNet
 
@@ -36,23 +34,12 @@ class WholeModelAlgorithm:
 
     def collect(self, stats_refs: list, server_refs: list, desc: str) -> dict:
         """Merge the clients' train stats as they arrive; wait for (and surface any error of) the server's calls."""
-        out: dict = {}
-        pending = list(stats_refs)
-        with tqdm(total=len(pending), desc=desc, unit="call", leave=False, disable=not self.progress) as bar:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                merge_stats(out, ray.get(done[0]))
-                bar.update(1)
+        out = gather_stats(stats_refs, desc, self.progress, unit="call")
         ray.get(server_refs)
         return out
 
     def drain(self) -> tuple[list, dict]:
-        entries, flops = [], defaultdict(int)
-        for e, f in ray.get([h.drain.remote() for h in self.hosts.all]):
-            entries += e
-            for k, v in f.items():
-                flops[k] += v
-        return entries, dict(flops)
+        return drain_hosts(self.hosts)
 
     def model(self) -> ComposedNet:
         net = ComposedNet(self.plan.topology, copy.deepcopy(self.plan.modules))
