@@ -412,8 +412,7 @@ class PartyHost:
         self.whole = ComposedNet(self.topo, modules).to(self.device)
         if "server" in self.roles:          # large-batch SGD steps the global network on the server
             self.whole_optim = make_optimizer(self.whole.parameters(), self.training)
-        self._acc: dict[str, torch.Tensor] | None = None      # running sample-weighted sum (float64)
-        self._acc_samples = 0
+        self._uploads, self._upload_samples = WeightedSums(), 0   # what the clients sent this round / step
         self._epoch_batches: dict[tuple[int, int], list[np.ndarray]] = {}
 
     def whole_state(self) -> dict[str, torch.Tensor]:
@@ -495,23 +494,17 @@ class PartyHost:
         """Server: add one client's upload (weights or gradient, plus buffers) to the sample-weighted sum."""
         n, upload = upload["samples"], receive(upload, self.device)
         tensors = {**upload.get("weights", {}), **upload.get("gradient", {}), **upload.get("buffers", {})}
-        if self._acc is None:
-            self._acc, self._acc_samples = {}, 0
-        for name, t in tensors.items():
-            term = t.to(self.device, torch.float64) * n
-            self._acc[name] = self._acc[name] + term if name in self._acc else term
-        self._acc_samples += n
+        self._uploads.add("upload", {"whole": tensors}, n)
+        self._upload_samples += n
 
     def _take_average(self) -> dict[str, torch.Tensor]:
-        acc, n = self._acc or {}, self._acc_samples
-        self._acc, self._acc_samples = None, 0
-        return {name: s / n for name, s in acc.items()}
+        avg = self._uploads.mean("upload", self._upload_samples).get("whole", {})
+        self._uploads, self._upload_samples = WeightedSums(), 0
+        return avg
 
     def finish_average(self) -> None:
         """Server, FedAvg: the new global weights are the sample-weighted average of the clients'."""
-        avg, current = self._take_average(), self.whole.state_dict()
-        self.whole.load_state_dict({k: avg[k].round().to(v.dtype) if not v.is_floating_point() else avg[k].to(v.dtype)
-                                    for k, v in current.items()})
+        self.whole.load_state_dict(self._take_average())
 
     def finish_step(self) -> None:
         """Server, large-batch SGD: step on the sample-weighted average gradient (the gradient of the mean loss
@@ -520,12 +513,12 @@ class PartyHost:
         self.whole_optim.zero_grad(set_to_none=True)
         for name, p in self.whole.named_parameters():
             if name in avg:
-                p.grad = avg[name].to(p.dtype)
+                p.grad = avg[name].to(p.device, p.dtype)
         self.whole_optim.step()
         with torch.no_grad():
             for name, b in self.whole.named_buffers():
                 if name in avg:
-                    b.copy_(avg[name].round() if not b.is_floating_point() else avg[name])
+                    b.copy_(avg[name])
 
 
 class WeightedSums:
