@@ -5,7 +5,7 @@ Same model (FmnistCNN), data (a Fashion-MNIST subset), batch size, number of ste
 times one round (one epoch over the subset) of each, after a warm-up round of each that also pays the
 one-off FLOP counting. Reports the median ratio SplitNN-on-Ray / reference.
 
-    python benchmarks/bench_vanilla.py [--samples 12800] [--batch-size 64] [--clients 10] [--repeats 5]
+    python benchmarks/bench_vanilla.py [--samples 12800] [--batch-size 64] [--clients 10] [--repeats 5] [--inline-mb 16]
 """
 from __future__ import annotations
 
@@ -30,6 +30,9 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--handoff", default="peer")
+    ap.add_argument("--inline-mb", type=float, default=0,
+                    help="Ray's max_direct_call_object_size in MB (0: Ray's default, 100 KB): larger objects go "
+                         "through the shared-memory object store, smaller ones inline in the actor call")
     args = ap.parse_args()
     cfg = config.from_dict({
         "name": "bench_vanilla", "data": {"dataset": "fashion_mnist", "num_clients": args.clients,
@@ -39,7 +42,8 @@ def main() -> None:
         "runtime": {"workers": 1, "worker": {"num_cpus": 1}, "server": {"num_cpus": 1}},
     })
     plan = prepare(cfg)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    system = {"max_direct_call_object_size": int(args.inline_mb * 2**20)} if args.inline_mb else {}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _system_config=system)
     split, ref = SplitNN(plan, progress=False), Centralized(plan, progress=False)
     split.start()
     ref.start()
@@ -59,7 +63,8 @@ def main() -> None:
     split.stop()
     print(f"\n{date.today()} {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads "
           f"in the reference, torch {torch.__version__}, ray {ray.__version__}")
-    print(f"{steps} steps of batch {args.batch_size}, {args.clients} clients, hand-off {args.handoff}")
+    print(f"{steps} steps of batch {args.batch_size}, {args.clients} clients, hand-off {args.handoff}, "
+          f"inline objects up to {args.inline_mb or 0.1:g} MB")
     print(f"median per step: raysplit {statistics.median(t_split) / steps * 1e3:.2f} ms, "
           f"reference {statistics.median(t_ref) / steps * 1e3:.2f} ms")
     print(f"median ratio raysplit / reference: {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
