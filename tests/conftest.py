@@ -28,3 +28,22 @@ def small_config(*sets: str):
         "runtime": {"workers": 1, "worker": {"num_cpus": 0.5}, "server": {"num_cpus": 0.5}},
     }
     return config.from_dict(raw, list(sets))
+
+
+def train_with(algo_cls, plan):
+    """Train ``plan`` with an algorithm for all its rounds; return the final ComposedNet."""
+    algo = algo_cls(plan, progress=False)
+    algo.start()
+    try:
+        for r in range(plan.cfg.training.rounds):
+            algo.run_round(r)
+        return algo.model()
+    finally:
+        algo.stop()
+
+
+def max_param_diff(a, b) -> float:
+    """Largest absolute difference between two networks' state dicts (same keys required)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    return max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa)

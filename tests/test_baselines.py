@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import small_config
+from conftest import max_param_diff, small_config, train_with
 from raysplit.accounting import count_flops, row_fingerprints
 from raysplit.algorithms import Centralized, FedAvg, LargeBatchSGD
 from raysplit.data import batches
@@ -17,23 +17,6 @@ from raysplit.schedule import participants
 from raysplit.topology import ComposedNet
 
 TOL = 1e-5
-
-
-def max_param_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    return max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa)
-
-
-def train(algo_cls, plan) -> ComposedNet:
-    algo = algo_cls(plan, progress=False)
-    algo.start()
-    try:
-        for r in range(plan.cfg.training.rounds):
-            algo.run_round(r)
-        return algo.model()
-    finally:
-        algo.stop()
 
 
 def sgd_step(net, opt, plan, idx) -> None:
@@ -63,7 +46,7 @@ def test_fedavg_one_client_one_epoch_equals_centralized(ray_session, optimizer):
     reference = Centralized(plan, progress=False)
     reference.start()
     reference.run_round(0)
-    fed = train(FedAvg, plan)
+    fed = train_with(FedAvg, plan)
     assert max_param_diff(reference.model(), initial(plan)) > 1e-3, "training must move the parameters"
     assert max_param_diff(fed, reference.model()) <= TOL
 
@@ -96,7 +79,7 @@ def test_fedavg_equals_its_one_process_replay(ray_session):
                                 "training.rounds=2", "runtime.workers=2"))
     assert len({len(i) for i in plan.client_indices}) > 1, "unequal clients, so the weighting matters"
     assert participants(plan.cfg, 0) != participants(plan.cfg, 1) and len(participants(plan.cfg, 0)) == 3
-    assert max_param_diff(train(FedAvg, plan), fedavg_replay(plan)) <= TOL
+    assert max_param_diff(train_with(FedAvg, plan), fedavg_replay(plan)) <= TOL
 
 
 def test_fedavg_one_client_plain_sgd_equals_centralized_over_rounds(ray_session):
@@ -108,7 +91,7 @@ def test_fedavg_one_client_plain_sgd_equals_centralized_over_rounds(ray_session)
     reference.start()
     for r in range(3):
         reference.run_round(r)
-    assert max_param_diff(train(FedAvg, plan), reference.model()) <= TOL
+    assert max_param_diff(train_with(FedAvg, plan), reference.model()) <= TOL
 
 
 def test_fedavg_ledger_and_meter_match_closed_form(ray_session):
@@ -169,7 +152,7 @@ def test_large_batch_sgd_equals_centralized_batch_n_times_b(ray_session, optimiz
     assert {len(i) for i in plan.client_indices} == {32}
     reference = large_batch_replay(plan)
     assert max_param_diff(reference, initial(plan)) > 1e-3
-    assert max_param_diff(train(LargeBatchSGD, plan), reference) <= TOL
+    assert max_param_diff(train_with(LargeBatchSGD, plan), reference) <= TOL
 
 
 def test_large_batch_sgd_partial_batches_weighted_by_samples(ray_session):
@@ -179,7 +162,7 @@ def test_large_batch_sgd_partial_batches_weighted_by_samples(ray_session):
                                 "data.alpha=0.5", "training.batch_size=10", "training.local_epochs=2"))
     steps = [math.ceil(len(i) / 10) for i in plan.client_indices]
     assert len(set(steps)) > 1 and any(len(i) % 10 for i in plan.client_indices)
-    assert max_param_diff(train(LargeBatchSGD, plan), large_batch_replay(plan)) <= TOL
+    assert max_param_diff(train_with(LargeBatchSGD, plan), large_batch_replay(plan)) <= TOL
 
 
 def test_large_batch_sgd_ledger_matches_closed_form(ray_session):

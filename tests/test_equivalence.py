@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from conftest import small_config
+from conftest import max_param_diff, small_config, train_with
 from raysplit.algorithms import SplitNN
 from raysplit.data import batches
 from raysplit.experiment import prepare
@@ -44,20 +44,7 @@ def centralized_replay(plan) -> ComposedNet:
 
 
 def train_split(plan) -> ComposedNet:
-    algo = SplitNN(plan, progress=False)
-    algo.start()
-    try:
-        for r in range(plan.cfg.training.rounds):
-            algo.run_round(r)
-        return algo.model()
-    finally:
-        algo.stop()
-
-
-def max_param_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    return max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa)
+    return train_with(SplitNN, plan)
 
 
 @pytest.mark.parametrize("handoff", ["peer", "server"])

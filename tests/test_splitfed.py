@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import small_config
+from conftest import max_param_diff, small_config, train_with
 from raysplit.accounting import payload_nbytes
 from raysplit.algorithms import SplitFed
 from raysplit.config import from_dict
@@ -21,7 +21,7 @@ from raysplit.experiment import prepare, run
 from raysplit.parties import make_optimizer
 from raysplit.schedule import interleave, participants
 from raysplit.topology import CLIENT, ComposedNet
-from test_equivalence import TOL, max_param_diff
+from test_equivalence import TOL
 from test_privacy import raw_fingerprints
 
 TIMING = ("wall_s", "wall_s_cum")
@@ -94,14 +94,7 @@ def sflv2_by_hand(plan) -> ComposedNet:
 
 
 def train(plan) -> ComposedNet:
-    algo = SplitFed(plan, progress=False)
-    algo.start()
-    try:
-        for r in range(plan.cfg.training.rounds):
-            algo.run_round(r)
-        return algo.model()
-    finally:
-        algo.stop()
+    return train_with(SplitFed, plan)
 
 
 BY_HAND = {"v1": sflv1_by_hand, "v2": sflv2_by_hand}

@@ -18,7 +18,8 @@ from raysplit.errors import ConfigError
 from raysplit.experiment import prepare, run
 from raysplit.runtime import start_hosts, stop_hosts
 from raysplit.topology import ComposedNet
-from test_equivalence import TOL, centralized_replay, max_param_diff, train_split
+from conftest import max_param_diff
+from test_equivalence import TOL, centralized_replay, train_split
 
 HALVES = "vertical.holders=[{rows: [0, 4]}, {rows: [4, 8]}]"
 TABULAR = ["data.synthetic_shape=[12]", "model.name=mlp", "model.cut_layers=[relu1]",
