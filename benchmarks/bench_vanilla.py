@@ -10,6 +10,7 @@ one-off FLOP counting. Reports the median ratio SplitNN-on-Ray / reference.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -43,7 +44,8 @@ def main() -> None:
     })
     plan = prepare(cfg)
     system = {"max_direct_call_object_size": int(args.inline_mb * 2**20)} if args.inline_mb else {}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _system_config=system)
+    os.environ.setdefault("RAY_worker_niceness", "0")   # as raysplit.runtime.connect does
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _system_config=system)
     split, ref = SplitNN(plan, progress=False), Centralized(plan, progress=False)
     split.start()
     ref.start()

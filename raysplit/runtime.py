@@ -42,7 +42,12 @@ def connect(address: str | None) -> None:
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ConfigError("runtime.address", address, f"the address of a running Ray cluster ({e})") from None
     else:
-        ray.init(**kwargs)
+        # Ray starts its workers at nice 15; party hosts are the workload, and at nice 15 they all but stop
+        # whenever anything else runs on the machine (measured by the FedAvg benchmark: rounds 1.2-1.6x a plain
+        # loop's time on a busy 2-core machine). Equal footing with the driver: nice 0.
+        os.environ.setdefault("RAY_worker_niceness", "0")
+        # "local": a new Ray of our own, never a cluster another process left running (ray start)
+        ray.init(address="local", **kwargs)
     log.info("Ray: %s", {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")})
 
 

@@ -10,7 +10,8 @@ def ray_session():
     """One local Ray for the whole test session (2 CPUs, as on the CI machine)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    os.environ.setdefault("RAY_worker_niceness", "0")   # as raysplit.runtime.connect does
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
