@@ -30,7 +30,8 @@ from raysplit import config
 from raysplit.algorithms import FedAvg
 from raysplit.data import batches
 from raysplit.experiment import prepare
-from raysplit.parties import configure_torch, make_optimizer
+from raysplit.engine import make_optimizer
+from raysplit.host import configure_torch
 from raysplit.runtime import threads_for
 from raysplit.schedule import participants
 from raysplit.topology import ComposedNet
@@ -143,7 +144,7 @@ Rounds alternate Ray / plain after one warm-up round each; both end with the sam
 Where the time goes (measured while writing this benchmark): the worker actor's CPU time is within a
 few % of the plain loop's (per client: a weights load, a fresh optimizer, a state export and its
 serialization); Ray's own processes (raylet, GCS, log monitor) and the server's averaging take about 1
-CPU-second a round, on the other core. Before `parties.keep_freed_buffers` the worker page-faulted every
+CPU-second a round, on the other core. Before `host.keep_freed_buffers` the worker page-faulted every
 freed activation buffer back in (~23k minor faults per client turn) and ran 15-20% slower than the same
 code in a plain process, for a round ratio of 1.36.
 

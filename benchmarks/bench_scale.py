@@ -36,7 +36,8 @@ import psutil   # after ray: ray[default] ships it (ray/thirdparty_files, put on
 from raysplit import config
 from raysplit.data import batches
 from raysplit.experiment import prepare, run
-from raysplit.parties import configure_torch, make_optimizer
+from raysplit.engine import make_optimizer
+from raysplit.host import configure_torch
 from raysplit.schedule import client_order
 from raysplit.topology import ComposedNet
 

@@ -2,7 +2,8 @@
 
 Each field's type and constraint live next to it (``field(metadata=...)``) and one generic loader checks
 them all, so a bad value always produces the same kind of one-line error naming the field, the value and
-what is allowed.
+what is allowed. Names of models, datasets, topologies, algorithms, plug-ins and codecs are checked against
+their registries (``raysplit/registry.py``), so a user's own, imported with ``imports:``, is allowed too.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ fraction = dict(check=lambda v: 0 < v <= 1, allowed="a number in (0, 1]")
 
 @dataclass
 class DataConfig:
-    dataset: Literal["fashion_mnist", "synthetic", "cifar10", "cifar100", "breast_cancer", "medmnist"] = "fashion_mnist"
+    dataset: str = "fashion_mnist"        # a registered dataset (data.py: DATASETS) or package.module:loader
     root: Optional[str] = None            # where datasets live; default ~/.cache/raysplit/data
     num_clients: int = _rule(default=10, **positive)
     partition: Literal["iid", "dirichlet", "shards"] = "iid"
@@ -46,7 +47,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "fmnist_cnn"
+    name: str = "fmnist_cnn"              # a registered model (models.py: MODELS) or package.module:builder
     cut_layers: list[Union[str, int]] = field(default_factory=lambda: ["pool2"])
 
 
@@ -129,11 +130,20 @@ class CompareConfig:
 
 
 @dataclass
+class CompressionConfig:
+    """Codecs for what crosses a cut (compression.py: CODECS; null: sent as it is)."""
+    activation: Optional[str] = None      # identity, float16, int8, topk, or a registered codec
+    gradient: Optional[str] = None
+    topk_ratio: float = _rule(default=0.1, **fraction)   # topk: the share of values kept
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     seed: int = 0
-    algorithm: Literal["splitnn", "splitfed", "centralized", "fedavg", "large_batch_sgd"] = "splitnn"
-    topology: Literal["vanilla", "u_shaped", "vertical", "extended", "multi_task", "multi_hop"] = "vanilla"
+    imports: list[str] = field(default_factory=list)    # the user's modules that register models, plug-ins, ...
+    algorithm: str = "splitnn"            # a registered algorithm (algorithms/__init__.py: ALGORITHMS)
+    topology: str = "vanilla"             # a registered topology (topology.py: TOPOLOGIES)
     parties: Optional[list[str]] = None   # chains: who holds each segment, in order; default per topology
     schedule: Literal["sequential", "parallel"] = "sequential"
     handoff: Literal["peer", "server"] = "peer"
@@ -144,6 +154,9 @@ class ExperimentConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     vertical: VerticalConfig = field(default_factory=VerticalConfig)
     multi_task: MultiTaskConfig = field(default_factory=MultiTaskConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    # further plug-ins, in order: [{name: a registered plug-in or package.module:Class, <its options>}]
+    plugins: list[dict] = field(default_factory=list)
     output_dir: Optional[str] = None      # default results/<name>-<timestamp>
     compare: CompareConfig = field(default_factory=lambda: CompareConfig())
 
@@ -276,8 +289,30 @@ def load(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
     return from_dict(raw, overrides)
 
 
+def check_names(cfg: ExperimentConfig) -> None:
+    """Every name the config uses is registered (after importing the config's ``imports``)."""
+    from raysplit.algorithms import ALGORITHMS
+    from raysplit.compression import CODECS
+    from raysplit.data import DATASETS
+    from raysplit.models import MODELS
+    from raysplit.plugins import build_plugins
+    from raysplit.registry import import_modules
+    from raysplit.topology import TOPOLOGIES
+
+    import_modules(cfg.imports)
+    DATASETS.get(cfg.data.dataset, "data.dataset")
+    MODELS.get(cfg.model.name, "model.name")
+    TOPOLOGIES.get(cfg.topology, "topology")
+    ALGORITHMS.get(cfg.algorithm, "algorithm")
+    for kind in ("activation", "gradient"):
+        if getattr(cfg.compression, kind) is not None:
+            CODECS.get(getattr(cfg.compression, kind), f"compression.{kind}")
+    build_plugins(cfg)
+
+
 def validate(cfg: ExperimentConfig) -> None:
     """Cross-field checks that need no data or model (those are checked when the experiment is prepared)."""
+    check_names(cfg)
     if cfg.data.dataset == "medmnist" and not cfg.data.medmnist_file:
         raise ConfigError("data.medmnist_file", None, "a path to a MedMNIST .npz file when data.dataset is medmnist")
     if len(cfg.data.synthetic_shape) not in (1, 3) or any(s <= 0 for s in cfg.data.synthetic_shape):

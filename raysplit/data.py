@@ -15,6 +15,7 @@ import numpy as np
 
 from raysplit.config import DataConfig
 from raysplit.errors import ConfigError, DataError
+from raysplit.registry import Registry
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
@@ -144,18 +145,28 @@ def synthetic(n: int, shape: tuple[int, ...], classes: int, seed: int) -> Datase
     return Dataset("synthetic", trx, try_, tex, tey, classes)
 
 
+# name -> loader(data config, seed) -> Dataset. A user's own data set: register it with
+# @DATASETS.register("name") in their module, or name it as package.module:loader.
+DATASETS = Registry("dataset", "data.dataset")
+
+
+def _root(cfg: DataConfig) -> Path:
+    return Path(cfg.root) if cfg.root else default_root()
+
+
+DATASETS.register("fashion_mnist", lambda cfg, seed: _fashion_mnist(_root(cfg)))
+DATASETS.register("cifar10", lambda cfg, seed: _cifar(_root(cfg), 10))
+DATASETS.register("cifar100", lambda cfg, seed: _cifar(_root(cfg), 100))
+DATASETS.register("breast_cancer", lambda cfg, seed: _breast_cancer(seed))
+DATASETS.register("medmnist", lambda cfg, seed: _medmnist(cfg.medmnist_file))
+DATASETS.register("synthetic", lambda cfg, seed: synthetic(cfg.synthetic_samples, tuple(cfg.synthetic_shape),
+                                                           cfg.synthetic_classes, seed))
+
+
 def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
-    root = Path(cfg.root) if cfg.root else default_root()
-    if cfg.dataset == "fashion_mnist":
-        ds = _fashion_mnist(root)
-    elif cfg.dataset in ("cifar10", "cifar100"):
-        ds = _cifar(root, 10 if cfg.dataset == "cifar10" else 100)
-    elif cfg.dataset == "breast_cancer":
-        ds = _breast_cancer(seed)
-    elif cfg.dataset == "medmnist":
-        ds = _medmnist(cfg.medmnist_file)
-    else:
-        ds = synthetic(cfg.synthetic_samples, tuple(cfg.synthetic_shape), cfg.synthetic_classes, seed)
+    ds = DATASETS.get(cfg.dataset, "data.dataset")(cfg, seed)
+    if not isinstance(ds, Dataset):
+        raise ConfigError("data.dataset", cfg.dataset, f"a loader returning a raysplit.data.Dataset (got {type(ds).__name__})")
     if cfg.train_samples is not None:
         ds.train_x, ds.train_y = ds.train_x[: cfg.train_samples], ds.train_y[: cfg.train_samples]
     if cfg.test_samples is not None:

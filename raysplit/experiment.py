@@ -3,7 +3,7 @@
 Results directory (pandas reads every table):
   config.yaml        the resolved config
   metrics.csv        one row per round: accuracy, loss, FLOPs per role, bytes per link and kind, wall time
-  ledger.csv         bytes and messages per (round, src, dst, kind) — sums of the ledger
+  ledger.csv         bytes and messages per (round, src, dst, kind) — sums of the ledger (raw_bytes: before codecs)
   flops.csv          FLOPs per (round, party, phase) — from the meter
   summary.json       final figures
   run.log            the log
@@ -34,6 +34,7 @@ from raysplit.algorithms import ALGORITHMS, Plan
 from raysplit.config import ExperimentConfig, holder_names
 from raysplit.data import Dataset, aligned_sample_ids, load_dataset, partition
 from raysplit.errors import ConfigError
+from raysplit.plugins import build_plugins
 from raysplit.topology import ComposedNet, build_topology
 
 log = logging.getLogger("raysplit")
@@ -44,13 +45,14 @@ def prepare(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Plan:
     ``dataset``: already loaded for this config's ``data`` and ``seed`` (``raysplit compare`` loads it once)."""
     dataset = dataset or load_dataset(cfg.data, cfg.seed)
     topology, modules = build_topology(cfg, dataset.input_shape, dataset.num_classes)
+    plugins = build_plugins(cfg)
     if cfg.topology != "vertical":
-        return Plan(cfg, dataset, topology, modules, partition(dataset.train_y, cfg.data, cfg.seed))
+        return Plan(cfg, dataset, topology, modules, partition(dataset.train_y, cfg.data, cfg.seed), plugins=plugins)
     # vertical: one sample space, each holder holding its features of the same samples (checked by id)
     files = [(f"vertical.holders[{i}].sample_ids", h.sample_ids) for i, h in enumerate(cfg.vertical.holders)]
     ids = aligned_sample_ids(files, len(dataset.train_y))
     holders = {name: ids for name in holder_names(cfg)} | {cfg.vertical.label_holder: ids}
-    return Plan(cfg, dataset, topology, modules, [ids], holders)
+    return Plan(cfg, dataset, topology, modules, [ids], holders, plugins)
 
 
 @torch.no_grad()
@@ -70,7 +72,8 @@ def evaluate(net: ComposedNet, x: np.ndarray, y: np.ndarray, batch: int = 1000) 
 
 
 def round_row(r: int, cfg: ExperimentConfig, train: dict, test: dict, entries: list[Entry],
-              flops: dict, wall: float) -> dict:
+              flops: dict, wall: float, extra: dict | None = None) -> dict:
+    """One row of metrics.csv. ``extra``: the plug-ins' columns."""
     n = cfg.data.num_clients
     row: dict = dict(round=r + 1, algorithm=cfg.algorithm, topology=cfg.topology, schedule=cfg.schedule,
                      num_clients=n)
@@ -94,6 +97,7 @@ def round_row(r: int, cfg: ExperimentConfig, train: dict, test: dict, entries: l
     for e in entries:
         key = f"bytes_{role_of(e.src)}_to_{role_of(e.dst)}_{e.kind}"
         row[key] = row.get(key, 0) + e.nbytes
+    row.update(extra or {})
     row["wall_s"] = wall
     return row
 
@@ -130,7 +134,7 @@ def run(cfg: ExperimentConfig, out_dir: str | Path | None = None, progress: bool
     out = Path(out_dir or cfg.output_dir or default_output_dir(cfg))
     if write:
         _check_free(out)
-    algo = ALGORITHMS[cfg.algorithm](plan, capture_ledger=capture_ledger, progress=progress)
+    algo = ALGORITHMS.get(cfg.algorithm)(plan, capture_ledger=capture_ledger, progress=progress)
     rows, ledger_rows, flop_rows, all_entries = [], [], [], []
     tmp, handler = None, None
     try:
@@ -150,14 +154,18 @@ def run(cfg: ExperimentConfig, out_dir: str | Path | None = None, progress: bool
         for r in bar:
             t0 = time.perf_counter()
             train = algo.run_round(r)
-            entries, flops = algo.drain()
+            entries, flops, extra = algo.drain()
             wall = time.perf_counter() - t0
             evaluate_now = (r + 1) % cfg.runtime.eval_every == 0 or r == cfg.training.rounds - 1
-            test = evaluate(algo.model(), plan.dataset.test_x, plan.dataset.test_y) if evaluate_now else \
-                {t: (float("nan"), float("nan")) for t in plan.topology.tasks}
-            row = round_row(r, cfg, train, test, entries, flops, wall)
+            test = {t: (float("nan"), float("nan")) for t in plan.topology.tasks}
+            if evaluate_now:
+                model = algo.model()
+                test = evaluate(model, plan.dataset.test_x, plan.dataset.test_y)
+                for p in plan.plugins:
+                    extra.update(p.evaluate(model, plan.dataset))
+            row = round_row(r, cfg, train, test, entries, flops, wall, extra)
             rows.append(row)
-            ledger_rows += summarize(entries)
+            ledger_rows += summarize(entries, raw=True)
             flop_rows += [dict(round=r + 1, party=p, role=role_of(p), phase=ph, flops=f) for (p, ph), f in sorted(flops.items())]
             if capture_ledger:
                 all_entries += entries
@@ -175,7 +183,7 @@ def run(cfg: ExperimentConfig, out_dir: str | Path | None = None, progress: bool
             log.removeHandler(handler)
             handler.close()
     metrics = add_cumulative(pd.DataFrame(rows))
-    ledger = pd.DataFrame(ledger_rows, columns=["round", "src", "dst", "kind", "messages", "bytes"])
+    ledger = pd.DataFrame(ledger_rows, columns=["round", "src", "dst", "kind", "messages", "bytes", "raw_bytes"])
     ledger["round"] += 1
     flops_df = pd.DataFrame(flop_rows, columns=["round", "party", "role", "phase", "flops"])
     if tmp is not None:

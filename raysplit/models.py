@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from raysplit.errors import ConfigError
+from raysplit.registry import Registry
 
 
 def fmnist_cnn(in_channels: int = 1, num_classes: int = 10, image_size: int = 28) -> nn.Sequential:
@@ -92,8 +93,10 @@ def resnet(depth: int, in_channels: int = 3, num_classes: int = 10, stem: str = 
     ]))
 
 
-# name -> builder(input_shape, num_classes)
-MODELS: dict[str, Callable[[tuple[int, ...], int], nn.Sequential]] = {
+# name -> builder(input_shape, num_classes) -> nn.Sequential of named layers. A user's own model: register it
+# with @MODELS.register("name") in their module, or name it as package.module:builder.
+MODELS = Registry("model", "model.name")
+_BUILTIN: dict[str, Callable[[tuple[int, ...], int], nn.Sequential]] = {
     "fmnist_cnn": lambda shape, k: fmnist_cnn(shape[0], k, shape[-1]),
     "mlp": lambda shape, k: mlp(int(torch.Size(shape).numel()), k),
     "vgg11": lambda shape, k: vgg("vgg11", shape[0], k),
@@ -107,14 +110,18 @@ MODELS: dict[str, Callable[[tuple[int, ...], int], nn.Sequential]] = {
     "resnet18_imagenet": lambda shape, k: resnet(18, shape[0], k, stem="imagenet"),
     "resnet50_imagenet": lambda shape, k: resnet(50, shape[0], k, stem="imagenet"),
 }
+for _name, _builder in _BUILTIN.items():
+    MODELS.register(_name, _builder)
 
 
 def build_model(name: str, input_shape: Sequence[int], num_classes: int, seed: int | None = None) -> nn.Sequential:
-    if name not in MODELS:
-        raise ConfigError("model.name", name, "one of " + ", ".join(sorted(MODELS)))
+    builder = MODELS.get(name, "model.name")
     if seed is not None:
         torch.manual_seed(seed)
-    return MODELS[name](tuple(input_shape), num_classes)
+    model = builder(tuple(input_shape), num_classes)
+    if not isinstance(model, nn.Sequential):
+        raise ConfigError("model.name", name, f"a builder returning an nn.Sequential of named layers (got {type(model).__name__})")
+    return model
 
 
 def layer_names(model: nn.Sequential) -> list[str]:

@@ -20,7 +20,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from raysplit.config import ExperimentConfig, Resources
 from raysplit.errors import ConfigError
-from raysplit.parties import RemotePartyHost
+from raysplit.host import RemotePartyHost
 from raysplit.topology import CLIENT, INPUT, Topology
 
 log = logging.getLogger("raysplit")
@@ -107,6 +107,7 @@ class Hosts:
     roles: dict[str, Any] = field(default_factory=dict)  # non-client role -> actor
     client_host: dict[int, Any] = field(default_factory=dict)
     placement_group: Any = None
+    modules: Any = None                                  # ObjectRef of the initial segment modules
 
     @property
     def all(self) -> list[Any]:
@@ -115,14 +116,15 @@ class Hosts:
 
 def start_hosts(cfg: ExperimentConfig, topology: Topology, modules: dict, train_x, train_y,
                 client_indices: list, capture_ledger: bool = False, holder_ids: dict[str, np.ndarray] | None = None,
-                role_options: dict | None = None, other_roles: list[str] | None = None) -> Hosts:
+                role_options: dict | None = None, other_roles: list[str] | None = None, plugins: list = ()) -> Hosts:
     """One actor per worker (hosting clients k with k % workers == i) and one per other role (by default the
     topology's; the whole-model baselines ask for just the server).
 
     Each party gets only the data it holds: its own features (``topology.view``) if it reads raw inputs, the
     labels if it holds them; a role in ``holder_ids`` only the rows of those training-sample ids. Without
     virtual clients (vertical), the first segment's owner drives the steps over ``client_indices``.
-    ``role_options``: extra Ray actor options for the non-client hosts (e.g. max_concurrency).
+    ``role_options``: extra Ray actor options for the non-client hosts (e.g. max_concurrency). ``plugins``: each
+    host gets its own copy. The hosts hold no model yet: algorithms install their programs with ``modules``.
     """
     rt, holder_ids = cfg.runtime, holder_ids or {}
     if other_roles is None:
@@ -131,8 +133,8 @@ def start_hosts(cfg: ExperimentConfig, topology: Topology, modules: dict, train_
     requests = [("runtime.worker", rt.worker)] * n_workers + [("runtime.server", rt.server)] * len(other_roles)
     check_capacity(requests)
     pg = reserve(rt.placement, requests)
-    modules_ref = ray.put(modules)
-    common = dict(training=cfg.training, seed=cfg.seed, deterministic=rt.deterministic, capture_ledger=capture_ledger)
+    common = dict(training=cfg.training, seed=cfg.seed, deterministic=rt.deterministic, capture_ledger=capture_ledger,
+                  plugins=list(plugins))
 
     def data_of(role: str) -> dict:
         ids = holder_ids.get(role)
@@ -153,9 +155,9 @@ def start_hosts(cfg: ExperimentConfig, topology: Topology, modules: dict, train_
         if pg is not None:   # bundles are in the order the hosts are created
             opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=len(hosts.all))
         return RemotePartyHost.options(**opts).remote(
-            name, topology, roles, modules_ref, threads=threads_for(res), use_gpu=res.num_gpus > 0, **common, **kw)
+            name, topology, roles, threads=threads_for(res), use_gpu=res.num_gpus > 0, **common, **kw)
 
-    hosts = Hosts(workers=[], placement_group=pg)
+    hosts = Hosts(workers=[], placement_group=pg, modules=ray.put(modules))
     try:
         client_data = data_of(CLIENT) if n_workers else {}
         for w in range(n_workers):

@@ -6,8 +6,8 @@ earlier segments) and, for a head, the task whose loss it computes. The engine (
 such graph forward along the edges and backward along the reversed edges; ``ComposedNet`` runs the very
 same graph in one process, which is both the evaluator and the centralized reference.
 
-Adding a topology = a function returning a ``Topology`` plus its segment modules, registered in
-``TOPOLOGIES``.
+Adding a topology = a function ``(config, input_shape, num_classes) -> (Topology, segment modules)``,
+registered with ``@TOPOLOGIES.register("name")`` (a user's own, in their module).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from raysplit.config import CHAINS, ExperimentConfig, holder_names
 from raysplit.data import FeatureView, coarse_groups
 from raysplit.errors import ConfigError
 from raysplit.models import Combine, Joined, build_model, cut_positions, fit_input, split_model
+from raysplit.registry import Registry
 
 CLIENT = "client"
 INPUT = "input"
@@ -242,12 +243,12 @@ def multi_task(cfg: ExperimentConfig, input_shape, num_classes) -> tuple[Topolog
     return topo, {"bottom": bottom, "head": head, "group_head": group_head}
 
 
-TOPOLOGIES: dict[str, Callable] = {"vanilla": vanilla, "u_shaped": u_shaped, "vertical": vertical,
-                                   "extended": extended, "multi_task": multi_task, "multi_hop": multi_hop}
-assert set(CHAINS) <= set(TOPOLOGIES)
+TOPOLOGIES = Registry("topology", "topology")
+for _name, _build in {"vanilla": vanilla, "u_shaped": u_shaped, "vertical": vertical, "extended": extended,
+                      "multi_task": multi_task, "multi_hop": multi_hop}.items():
+    TOPOLOGIES.register(_name, _build)
+assert all(c in TOPOLOGIES for c in CHAINS)
 
 
 def build_topology(cfg: ExperimentConfig, input_shape, num_classes) -> tuple[Topology, dict[str, nn.Module]]:
-    if cfg.topology not in TOPOLOGIES:
-        raise ConfigError("topology", cfg.topology, "one of " + ", ".join(TOPOLOGIES))
-    return TOPOLOGIES[cfg.topology](cfg, input_shape, num_classes)
+    return TOPOLOGIES.get(cfg.topology, "topology")(cfg, input_shape, num_classes)

@@ -12,7 +12,7 @@ from raysplit.accounting import count_flops, row_fingerprints
 from raysplit.algorithms import Centralized, FedAvg, LargeBatchSGD
 from raysplit.data import batches
 from raysplit.experiment import prepare, run
-from raysplit.parties import make_optimizer
+from raysplit.engine import make_optimizer
 from raysplit.schedule import participants
 from raysplit.topology import ComposedNet
 

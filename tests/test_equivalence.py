@@ -9,7 +9,7 @@ from conftest import max_param_diff, small_config, train_with
 from raysplit.algorithms import SplitNN
 from raysplit.data import batches
 from raysplit.experiment import prepare
-from raysplit.parties import make_optimizer
+from raysplit.engine import make_optimizer
 from raysplit.schedule import client_order
 from raysplit.topology import ComposedNet
 

@@ -18,7 +18,7 @@ from raysplit.config import from_dict
 from raysplit.data import batches
 from raysplit.errors import ConfigError
 from raysplit.experiment import prepare, run
-from raysplit.parties import make_optimizer
+from raysplit.engine import make_optimizer
 from raysplit.schedule import interleave, participants
 from raysplit.topology import CLIENT, ComposedNet
 from test_equivalence import TOL

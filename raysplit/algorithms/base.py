@@ -1,4 +1,5 @@
-"""Shared pieces of the algorithms: the prepared plan, train statistics, draining hosts, composing the model."""
+"""Shared pieces of the algorithms: the prepared plan, train statistics, installing programs, draining
+hosts, composing the model."""
 from __future__ import annotations
 
 import copy
@@ -12,6 +13,7 @@ from tqdm import tqdm
 
 from raysplit.config import ExperimentConfig
 from raysplit.data import Dataset
+from raysplit.plugins import Plugin, merge_metrics
 from raysplit.topology import ComposedNet, Topology
 
 
@@ -25,6 +27,21 @@ class Plan:
     client_indices: list[np.ndarray]
     # vertical: data-holding role -> the training-sample ids it holds (aligned: the same for every holder)
     holder_ids: dict[str, np.ndarray] = field(default_factory=dict)
+    plugins: list[Plugin] = field(default_factory=list)   # built from the config; each host gets a copy
+
+
+class TrainStats:
+    """{task: [loss sum, correct, samples]} summed over steps, on a party host."""
+
+    def __init__(self):
+        self.totals: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(3))
+
+    def add(self, stats: dict) -> None:
+        for task, v in stats.items():
+            self.totals[task] += v
+
+    def as_lists(self) -> dict:
+        return {t: v.tolist() for t, v in self.totals.items()}
 
 
 def merge_stats(into: dict, stats: dict) -> None:
@@ -47,14 +64,20 @@ def gather_stats(refs: list, desc: str, progress: bool, unit: str = "client") ->
     return out
 
 
-def drain_hosts(hosts) -> tuple[list, dict]:
-    """The round's ledger entries and FLOP totals from every party host."""
-    entries, flops = [], defaultdict(int)
-    for e, f in ray.get([h.drain.remote() for h in hosts.all]):
+def install(hosts, key: str, programs: dict, *args) -> None:
+    """Install a program on hosts and wait: ``programs`` maps a host to its program class."""
+    ray.get([h.install.remote(key, program, *args) for h, program in programs.items()])
+
+
+def drain_hosts(hosts) -> tuple[list, dict, dict]:
+    """The round's ledger entries, FLOP totals and plug-in metrics from every party host."""
+    entries, flops, metrics = [], defaultdict(int), []
+    for e, f, m in ray.get([h.drain.remote() for h in hosts.all]):
         entries += e
         for k, v in f.items():
             flops[k] += v
-    return entries, dict(flops)
+        metrics.append(m)
+    return entries, dict(flops), merge_metrics(metrics)
 
 
 def compose(plan: Plan, states: dict[str, dict]) -> ComposedNet:

@@ -10,7 +10,8 @@ from torch import nn
 from raysplit.accounting import FlopMeter
 from raysplit.algorithms.base import Plan, merge_stats
 from raysplit.data import batches
-from raysplit.parties import configure_torch, make_optimizer
+from raysplit.engine import make_optimizer
+from raysplit.host import configure_torch
 from raysplit.runtime import threads_for
 from raysplit.topology import ComposedNet
 
@@ -51,8 +52,8 @@ class Centralized:
                 merge_stats(out, self.train_batch(idx))
         return out
 
-    def drain(self) -> tuple[list, dict]:
-        return [], self.meter.drain()
+    def drain(self) -> tuple[list, dict, dict]:
+        return [], self.meter.drain(), {}
 
     def model(self) -> ComposedNet:
         return self.net

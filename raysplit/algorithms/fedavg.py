@@ -10,12 +10,12 @@ from raysplit.schedule import participants
 class FedAvg(WholeModelAlgorithm):
     def run_round(self, r: int) -> dict:
         clients = participants(self.cfg, r)
-        weights = self.server.send_global.remote((r, 0), clients)
+        weights = self.on(self.server, "send_global", (r, 0), clients)
         stats, server_calls = [], []
         for k in clients:
-            upload, st = self.hosts.client_host[k].local_train.options(num_returns=2).remote(k, r, weights)
+            upload, st = self.on(self.hosts.client_host[k], "local_train", k, r, weights, num_returns=2)
             # summed in client order as uploads arrive, so few are held at once
-            server_calls.append(self.server.accumulate.remote(upload))
+            server_calls.append(self.on(self.server, "accumulate", upload))
             stats.append(st)
-        server_calls.append(self.server.finish_average.remote())
+        server_calls.append(self.on(self.server, "finish_average"))
         return self.collect(stats, server_calls, f"round {r + 1}/{self.cfg.training.rounds}")

@@ -22,18 +22,18 @@ class LargeBatchSGD(WholeModelAlgorithm):
             for t in range(max(steps)):
                 clock = (r, step)
                 active = [k for k, s in enumerate(steps) if t < s]
-                weights = self.server.send_global.remote(clock, active)
+                weights = self.on(self.server, "send_global", clock, active)
                 by_worker: dict = defaultdict(list)
                 for k in active:
                     by_worker[hosts.client_host[k]].append(k)
                 uploads = {}
                 for worker, ks in by_worker.items():
-                    *ups, st = worker.local_gradients.options(num_returns=len(ks) + 1).remote(
-                        ks, clock, r * epochs + e, t, weights)
+                    *ups, st = self.on(worker, "local_gradients", ks, clock, r * epochs + e, t, weights,
+                                       num_returns=len(ks) + 1)
                     uploads.update(zip(ks, ups))
                     stats.append(st)
                 for k in active:                    # client order: the sum does not depend on the hosting
-                    server_calls.append(self.server.accumulate.remote(uploads.pop(k)))
-                server_calls.append(self.server.finish_step.remote())
+                    server_calls.append(self.on(self.server, "accumulate", uploads.pop(k)))
+                server_calls.append(self.on(self.server, "finish_step"))
                 step += 1
         return self.collect(stats, server_calls, f"round {r + 1}/{cfg.training.rounds}")

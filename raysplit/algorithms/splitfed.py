@@ -16,22 +16,163 @@ takes their average weighted by sample count (FedAvg).
   across workers while the server model sees the same sequence whatever the number of workers.
 
 Averages are summed in the round's canonical order, so results do not depend on how clients are mapped to
-worker actors (DESIGN invariant 4). Every step is the engine's ``run_step``; every weight transfer to and
+worker actors (DESIGN invariant 4). Every step is the engine's ``step``; every weight transfer to and
 from the averaging point is a ``weights`` entry in the ledger.
+
+Programs: ``SplitFedWorker`` on the worker hosts (each training client gets its own store: a copy of the
+client-side segments), ``SplitFedServer`` on every other host (v1: a store per training client; v2: one
+store and a turnstile). The driver, ``SplitFed``, only submits calls and passes ObjectRefs.
 """
 from __future__ import annotations
 
 import math
+import threading
+from contextlib import contextmanager
 
 import ray
+import torch
 
-from raysplit.algorithms.base import Plan, compose, gather_stats
+from raysplit.algorithms.base import Plan, TrainStats, compose, gather_stats, install
 from raysplit.algorithms.splitnn import SplitNN
+from raysplit.averaging import WeightedSums
+from raysplit.data import batches
+from raysplit.engine import SEGMENTS, SegmentServer, SegmentStore, party_id
 from raysplit.errors import ConfigError
-from raysplit.parties import AVERAGING_POINT
 from raysplit.runtime import connect, start_hosts
 from raysplit.schedule import interleave, participants
 from raysplit.topology import CLIENT, ComposedNet
+
+AVERAGING_POINT = "server"   # the party that averages the client-side weights (the "fed server")
+
+
+class SplitFedWorker(SegmentServer):
+    """Worker side: trains participating clients, each on its own copy of the client-side segments (only
+    while it trains), and sends their weights to the averaging point."""
+
+    def train(self, round_: int, plan: list[tuple[int, int, int]], client_global: dict) -> tuple[dict, dict]:
+        """Run ``plan`` = [(clock step, client, local step)] in order. Each client trains a copy of the
+        client-side segments, from ``client_global`` with a fresh optimizer; after its last step its weights
+        go to the averaging point. Returns ({client: weights}, train stats)."""
+        h, training = self.host, self.training
+        epochs, size = training.local_epochs, training.batch_size
+        client_global = h.receive(client_global)
+        last = {k: j for _, k, j in plan}
+        live: dict[int, tuple[SegmentStore, list]] = {}
+        sent: dict[int, dict] = {}
+        stats = TrainStats()
+        for step, k, j in plan:
+            if k not in live:
+                live[k] = (self.store.copy(training, client_global),
+                           [idx for e in range(epochs) for idx in
+                            batches(h.client_indices[k], size, h.seed, round_ * epochs + e, k)])
+            store, steps = live[k]
+            torch.manual_seed(hash((h.seed, round_, k, j)) % 2**31)   # hosting-independent randomness
+            stats.add(self.engine.step(store, k, (round_, step), steps[j]))
+            if j == last[k]:
+                h.ledger.round, h.ledger.step = round_, step
+                sent[k] = h.ledger.send(party_id(CLIENT, k), AVERAGING_POINT, "weights", store.weights())
+                del live[k]
+        return sent, stats.as_lists()
+
+
+class SplitFedServer(SegmentServer):
+    """A server-side host in SplitFed: v1 runs each client's segment calls on that client's own copy of
+    this host's segments, v2 runs them on the one model in the round's ticket order. Folds finished clients
+    into the round's sample-weighted sums in canonical order and averages at the end of the round. The
+    averaging point also holds the global client-side weights and sends them to each round's participants."""
+
+    TURN_TIMEOUT_S = 600.0
+
+    def __init__(self, host, modules, version: str, client_init: dict | None):
+        super().__init__(host, modules)
+        self.version, self.client_global = version, client_init
+        # v2: segment calls this host gets per step (one per segment here, two for a non-head)
+        self.calls_per_ticket = sum(1 + (not s.task) for s in host.topo.segments if s.owner in host.roles)
+        self.cond = threading.Condition()
+        self.open_round(-1, [])
+
+    def open_round(self, round_: int, order: list[int]):
+        """Start a round with its participants in canonical order. The averaging point sends the global
+        client-side weights to every participant and returns them (what every participant starts from)."""
+        self.round, self.order = round_, list(order)
+        self.position = {k: i for i, k in enumerate(order)}
+        self.copies: dict[int, SegmentStore] = {}         # v1: client -> its copy of this host's segments
+        self.buffer: dict[int, tuple] = {}
+        self.folded, self.total, self.sums = 0, 0.0, WeightedSums()
+        self.ticket, self.calls = 0, 0
+        if self.client_global is None or not order:
+            return None
+        self.host.ledger.round, self.host.ledger.step = round_, 0
+        return self.host.ledger.send(AVERAGING_POINT, [party_id(CLIENT, k) for k in order], "weights", self.client_global)
+
+    def store_for(self, client) -> SegmentStore:
+        if self.version == "v2":
+            return self.store
+        if client not in self.copies:
+            self.copies[client] = self.store.copy(self.training)
+        return self.copies[client]
+
+    def seg_forward(self, client, name, clock, *args):
+        with self.turn(clock):
+            return super().seg_forward(client, name, clock, *args)
+
+    def seg_backward(self, client, name, clock, *args):
+        with self.turn(clock):
+            return super().seg_backward(client, name, clock, *args)
+
+    @contextmanager
+    def turn(self, clock):
+        """v2: the one server model takes steps in ticket order (the clock's step is the ticket); a call of a
+        later step waits in its Ray thread until every call of the earlier steps has run here."""
+        if self.version != "v2":
+            yield
+            return
+        round_, ticket = clock
+        if round_ != self.round:
+            raise RuntimeError(f"SplitFed v2: a step of round {round_} reached a host in round {self.round}")
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.ticket == ticket, timeout=self.TURN_TIMEOUT_S):
+                raise RuntimeError(f"SplitFed v2: step {ticket} waited {self.TURN_TIMEOUT_S:g}s for step {self.ticket}")
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.calls += 1
+                if self.calls == self.calls_per_ticket:
+                    self.ticket, self.calls = self.ticket + 1, 0
+                    self.cond.notify_all()
+
+    def fold(self, entries: list[tuple[int, float]], *client_weights) -> None:
+        """Add finished clients, [(client, weight)], to the round's weighted sums. The sums are taken in the
+        round's canonical order whatever order clients finish in (early ones wait in a buffer), so results do
+        not depend on the number of workers. ``client_weights``: at the averaging point, the workers'
+        {client: weights}; elsewhere results this call must wait for (Ray resolves them first), ignored."""
+        weights = {k: self.host.receive(w) for d in client_weights if self.client_global is not None
+                   for k, w in d.items()}
+        for k, n in entries:
+            self.buffer[self.position[k]] = (n, weights.get(k), self.copies.pop(k, None))
+        while self.folded in self.buffer:
+            n, client_state, own = self.buffer.pop(self.folded)
+            self.folded += 1
+            self.total += n
+            if client_state is not None:
+                self.sums.add("client", client_state, n)
+            if self.version == "v1":     # a client that never called this host leaves its segments unchanged
+                self.sums.add("server", {name: m.state_dict() for name, m in (own or self.store).modules.items()}, n)
+
+    def finish_round(self) -> None:
+        """Averages (FedAvg): the client-side weights at the averaging point, v1's server-side copies here."""
+        if self.folded != len(self.order):
+            raise RuntimeError(f"SplitFed round {self.round}: {self.folded} of {len(self.order)} clients averaged")
+        if self.client_global is not None:
+            self.client_global = self.sums.mean("client", self.total)
+        if self.version == "v1":
+            for n, sd in self.sums.mean("server", self.total).items():
+                self.store.modules[n].load_state_dict(sd)
+        self.sums = WeightedSums()
+
+    def global_client_weights(self) -> dict | None:
+        return self.client_global
 
 
 class SplitFed(SplitNN):
@@ -54,22 +195,24 @@ class SplitFed(SplitNN):
         # v2's server-side hosts let a later step's call wait (in a thread) for its turn
         options = {"max_concurrency": 2 * cfg.runtime.workers + 2} if cfg.splitfed == "v2" else None
         self.hosts = start_hosts(cfg, p.topology, p.modules, p.dataset.train_x, p.dataset.train_y,
-                                 p.client_indices, self.capture, role_options=options)
+                                 p.client_indices, self.capture, role_options=options, plugins=p.plugins)
+        install(self.hosts, SEGMENTS, dict.fromkeys(self.hosts.workers, SplitFedWorker), self.hosts.modules)
         client_init = {n: m.state_dict() for n, m in p.modules.items() if p.topology.segment(n).owner == CLIENT}
-        ray.get([h.splitfed_setup.remote(cfg.splitfed, client_init if role == AVERAGING_POINT else None)
+        ray.get([h.install.remote(SEGMENTS, SplitFedServer, self.hosts.modules, cfg.splitfed,
+                                  client_init if role == AVERAGING_POINT else None)
                  for role, h in self.hosts.roles.items()])
 
     def run_round(self, r: int) -> dict:
         order = participants(self.cfg, r)
         roles = self.hosts.roles
-        opened = {role: h.splitfed_open_round.remote(r, order) for role, h in roles.items()}
+        opened = {role: h.call.remote(SEGMENTS, "open_round", r, order) for role, h in roles.items()}
         ray.wait(list(opened.values()), num_returns=len(opened), fetch_local=False)  # open before any step
         client_global = opened[AVERAGING_POINT]
         entries = [(k, float(self.sizes[k])) for k in order]
         run = self._round_v1 if self.cfg.splitfed == "v1" else self._round_v2
         folds, stats = run(r, order, client_global, entries)
         ray.get(folds)
-        ray.get([h.splitfed_finish_round.remote() for h in roles.values()])
+        ray.get([h.call.remote(SEGMENTS, "finish_round") for h in roles.values()])
         return self._gather(r, stats)
 
     def _round_v1(self, r, order, client_global, entries):
@@ -80,8 +223,9 @@ class SplitFed(SplitNN):
             if i >= window:   # bound the finished-but-not-yet-averaged server-side copies
                 ray.wait(folds[i - window], num_returns=len(folds[i - window]), fetch_local=False)
             plan = [(j, k, j) for j in range(self.steps[k])]
-            weights, st = self.hosts.client_host[k].splitfed_train.options(num_returns=2).remote(r, plan, client_global)
-            folds.append([h.splitfed_fold.remote([(k, n)], weights if role == AVERAGING_POINT else st)
+            weights, st = self.hosts.client_host[k].call.options(num_returns=2).remote(
+                SEGMENTS, "train", r, plan, client_global)
+            folds.append([h.call.remote(SEGMENTS, "fold", [(k, n)], weights if role == AVERAGING_POINT else st)
                           for role, h in self.hosts.roles.items()])
             stats.append(st)
         return [f for fs in folds for f in fs], stats
@@ -92,10 +236,10 @@ class SplitFed(SplitNN):
         plans: dict[int, list] = {}
         for ticket, (k, j) in enumerate(interleave(order, {k: self.steps[k] for k in order})):
             plans.setdefault(index[id(self.hosts.client_host[k])], []).append((ticket, k, j))
-        results = [self.hosts.workers[w].splitfed_train.options(num_returns=2).remote(r, plan, client_global)
+        results = [self.hosts.workers[w].call.options(num_returns=2).remote(SEGMENTS, "train", r, plan, client_global)
                    for w, plan in sorted(plans.items())]
         weights, stats = [w for w, _ in results], [st for _, st in results]
-        folds = [h.splitfed_fold.remote(entries, *(weights if role == AVERAGING_POINT else stats))
+        folds = [h.call.remote(SEGMENTS, "fold", entries, *(weights if role == AVERAGING_POINT else stats))
                  for role, h in self.hosts.roles.items()]
         return folds, stats
 
@@ -103,7 +247,7 @@ class SplitFed(SplitNN):
         return gather_stats(stats, f"round {r + 1}/{self.cfg.training.rounds}", self.progress)
 
     def model(self) -> ComposedNet:
-        states = dict(ray.get(self.hosts.roles[AVERAGING_POINT].splitfed_client_global.remote()))
+        states = dict(ray.get(self.hosts.roles[AVERAGING_POINT].call.remote(SEGMENTS, "global_client_weights")))
         for h in self.hosts.roles.values():
-            states.update(ray.get(h.segment_states.remote(None)))
+            states.update(ray.get(h.call.remote(SEGMENTS, "segment_states")))
         return compose(self.plan, states)

@@ -1,14 +1,59 @@
-"""Sequential SplitNN: clients take turns, handing the client-side weights and optimizer state on."""
+"""Sequential SplitNN: clients take turns, handing the client-side weights and optimizer state on.
+
+Driver: ``SplitNN`` submits one turn per client in the round's order, passing the hand-off (an ObjectRef)
+from turn to turn, peer-to-peer or through the server. Program: ``SequentialTurns``, on every host.
+"""
 from __future__ import annotations
 
 import ray
+import torch
 
 from raysplit.accounting import receive
-from raysplit.algorithms.base import Plan, compose, drain_hosts, gather_stats
-from raysplit.parties import party_id
+from raysplit.algorithms.base import Plan, TrainStats, compose, drain_hosts, gather_stats, install
+from raysplit.data import batches
+from raysplit.engine import SEGMENTS, SegmentServer, party_id
 from raysplit.runtime import Hosts, connect, start_hosts, stop_hosts
 from raysplit.schedule import client_order
 from raysplit.topology import CLIENT, ComposedNet
+
+
+class SequentialTurns(SegmentServer):
+    """On a data holder's host: a client's turn (take the hand-off, train on local batches, hand off); on the
+    server: relay a hand-off; on every host: serve its segments."""
+
+    def client_state(self) -> dict:
+        """The client-side segments' weights and optimizer state: what a hand-off carries."""
+        state = self.store.state()
+        return {part: {n: v for n, v in d.items() if self.host.topo.segment(n).owner == CLIENT}
+                for part, d in state.items()}
+
+    def hand_off(self, state: dict, src: str, dst: str, round_: int) -> dict:
+        self.host.ledger.round = round_
+        return {"model": self.host.ledger.send(src, dst, "weights", state["model"]),
+                "optim": self.host.ledger.send(src, dst, "optimizer_state", state["optim"])}
+
+    def relay(self, payload: dict, dst: str, round_: int) -> dict:
+        """Server-mediated hand-off: the server passes the client-side weights on to the next client."""
+        return self.hand_off(self.host.receive(payload), "server", dst, round_)
+
+    def train_turn(self, client: int, round_: int, payload: dict | None, next_party: str | None) -> tuple[dict, dict]:
+        """One client's turn in a sequential round. (Topologies without virtual clients run one turn per
+        round on the first data holder's host.)"""
+        h, training = self.host, self.training
+        me = party_id(h.topo.segments[0].owner, client)
+        if payload is not None:
+            self.store.load(h.receive(payload))
+        torch.manual_seed(hash((h.seed, round_, client)) % 2**31)   # hosting-independent randomness
+        stats, step = TrainStats(), 0
+        epochs = training.local_epochs
+        for e in range(epochs):
+            for idx in batches(h.client_indices[client], training.batch_size, h.seed, round_ * epochs + e, client):
+                stats.add(self.engine.step(self.store, client, (round_, step), idx))
+                step += 1
+        state = self.client_state()
+        if next_party is not None:
+            state = self.hand_off(state, me, next_party, round_)
+        return state, stats.as_lists()
 
 
 class SplitNN:
@@ -24,7 +69,8 @@ class SplitNN:
         p = self.plan
         connect(self.cfg.runtime.address)
         self.hosts = start_hosts(self.cfg, p.topology, p.modules, p.dataset.train_x, p.dataset.train_y,
-                                 p.client_indices, self.capture, p.holder_ids)
+                                 p.client_indices, self.capture, p.holder_ids, plugins=p.plugins)
+        install(self.hosts, SEGMENTS, dict.fromkeys(self.hosts.all, SequentialTurns), self.hosts.modules)
         self.order = client_order(self.cfg, 0)
 
     def run_round(self, r: int) -> dict:
@@ -36,22 +82,22 @@ class SplitNN:
             # client-side weights move on to the next client; topologies without clients have nothing to hand on
             dst = None if nxt is None or CLIENT not in self.plan.topology.roles else party_id(CLIENT, nxt)
             via_server = self.cfg.handoff == "server" and dst is not None
-            state_ref, stats_ref = self.hosts.client_host[k].train_turn.options(num_returns=2).remote(
-                k, r, self.state_ref, "server" if via_server else dst)
+            state_ref, stats_ref = self.hosts.client_host[k].call.options(num_returns=2).remote(
+                SEGMENTS, "train_turn", k, r, self.state_ref, "server" if via_server else dst)
             if via_server:
-                state_ref = self.hosts.roles["server"].relay.remote(state_ref, dst, r)
+                state_ref = self.hosts.roles["server"].call.remote(SEGMENTS, "relay", state_ref, dst, r)
             self.state_ref = state_ref
             refs.append(stats_ref)
         self.order = next_order
         return gather_stats(refs, f"round {r + 1}/{self.cfg.training.rounds}", self.progress)
 
-    def drain(self) -> tuple[list, dict]:
+    def drain(self) -> tuple[list, dict, dict]:
         return drain_hosts(self.hosts)
 
     def model(self) -> ComposedNet:
         states = dict(receive(ray.get(self.state_ref)["model"])) if self.state_ref is not None else {}
         for h in self.hosts.roles.values():
-            states.update(ray.get(h.segment_states.remote(None)))
+            states.update(ray.get(h.call.remote(SEGMENTS, "segment_states")))
         return compose(self.plan, states)
 
     def stop(self) -> None:
