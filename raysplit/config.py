@@ -286,6 +286,9 @@ def load(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
         raise ConfigError("config", str(path), f"valid YAML{where}") from None
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError("config", str(path), "a YAML mapping of config keys")
+    from raysplit.registry import add_search_path
+
+    add_search_path(path.parent)       # a user's modules (``imports:``) may sit beside their config
     return from_dict(raw, overrides)
 
 

@@ -30,7 +30,7 @@ class Registry:
         return add if obj is None else add(obj)
 
     def names(self) -> list[str]:
-        return sorted(self._entries)
+        return list(self._entries)       # in the order registered: the built-in ones first
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
@@ -50,21 +50,52 @@ class Registry:
         if ":" in name:
             module, _, attr = name.partition(":")
             try:
-                return getattr(importlib.import_module(module), attr)
+                return getattr(_import(module), attr)
             except (ImportError, AttributeError) as e:
                 raise ConfigError(field or self.field, name, f"{self.allowed()} ({e})") from None
         raise ConfigError(field or self.field, name, self.allowed())
 
 
+SEARCH_PATHS: list[str] = []     # where users' modules were looked for (runtime.connect gives them to Ray)
+USER_MODULES: list[str] = []     # the users' modules imported by name (shipped to a cluster's workers)
+
+
+def add_search_path(directory: str | Path) -> None:
+    """Let ``imports:`` and ``module:attr`` names find a user's modules in ``directory`` (the config's folder,
+    the current directory)."""
+    d = str(Path(directory).resolve())
+    if d not in sys.path:
+        sys.path.insert(0, d)
+    if d not in SEARCH_PATHS:
+        SEARCH_PATHS.append(d)
+
+
+def _import(name: str):
+    module = importlib.import_module(name)
+    if name not in USER_MODULES:
+        USER_MODULES.append(name)
+    return module
+
+
+def user_packages() -> list[str]:
+    """Folders (or files) of the top-level packages of the users' modules, to ship to a cluster."""
+    out = []
+    for name in USER_MODULES:
+        top = sys.modules.get(name.split(".")[0])
+        path = getattr(top, "__file__", None)
+        if path:
+            path = str(Path(path).parent) if Path(path).name == "__init__.py" else path
+            if path not in out and not path.startswith(str(Path(__file__).parent)):
+                out.append(path)
+    return out
+
+
 def import_modules(modules: list[str], field: str = "imports") -> None:
-    """Import the user's modules named in a config (they register their models, datasets, ... on import).
-    The current directory is searched too, as ``python -m`` would."""
-    cwd = str(Path.cwd())
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
+    """Import the user's modules named in a config (they register their models, datasets, ... on import)."""
+    add_search_path(Path.cwd())
     for i, name in enumerate(modules):
         try:
-            importlib.import_module(name)
+            _import(name)
         except ImportError as e:
             raise ConfigError(f"{field}[{i}]", name, f"an importable Python module ({e})") from None
 

@@ -11,6 +11,9 @@ def ray_session():
     import ray
 
     os.environ.setdefault("RAY_worker_niceness", "0")   # as raysplit.runtime.connect does
+    # party hosts unpickle plug-ins and models defined in test modules: let them import those modules
+    here = os.path.dirname(os.path.abspath(__file__))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -151,7 +151,11 @@ class WholeModelServer(WholeModelProgram):
 
 
 class WholeModelAlgorithm:
-    """The driver FedAvg and large-batch SGD share; each defines ``run_round``."""
+    """The driver FedAvg and large-batch SGD share; each defines ``run_round``. A variant that changes what
+    clients or the server do names its own program classes here."""
+
+    CLIENT_PROGRAM: type = WholeModelClient
+    SERVER_PROGRAM: type = WholeModelServer
 
     def __init__(self, plan: Plan, capture_ledger: bool = False, progress: bool = True):
         self.plan, self.cfg, self.capture, self.progress = plan, plan.cfg, capture_ledger, progress
@@ -164,7 +168,7 @@ class WholeModelAlgorithm:
                                  p.client_indices, self.capture, other_roles=[SERVER], plugins=p.plugins)
         self.server = self.hosts.roles[SERVER]
         # the seeded initial network: the same start as SplitNN
-        programs = {**dict.fromkeys(self.hosts.workers, WholeModelClient), self.server: WholeModelServer}
+        programs = {**dict.fromkeys(self.hosts.workers, self.CLIENT_PROGRAM), self.server: self.SERVER_PROGRAM}
         install(self.hosts, WHOLE, programs, self.hosts.modules)
 
     def on(self, host, method: str, *args, num_returns: int = 1):

@@ -1,0 +1,190 @@
+"""Plug-in points and cut-layer compression: codecs, the ledger's encoded bytes, plug-in FLOPs metered to
+the party that ran them, and the equivalence oracle with an extra client loss."""
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import max_param_diff, small_config, train_with
+from raysplit.accounting import Ledger, payload_nbytes, receive
+from raysplit.algorithms import SplitNN
+from raysplit.compression import CODECS, Compression
+from raysplit.data import batches
+from raysplit.engine import make_optimizer
+from raysplit.errors import ConfigError
+from raysplit.experiment import prepare, run
+from raysplit.plugins import PLUGINS, Plugin, Plugins
+from raysplit.schedule import client_order
+from raysplit.topology import ComposedNet
+
+TOL = 1e-5
+
+
+# --------------------------------------------------------------------------- codecs
+
+def test_codecs_round_trip_and_sizes():
+    t = torch.randn(16, 8, 4, 4)
+    n = t.numel()
+    f16 = CODECS.get("float16")().encode(t)
+    assert payload_nbytes(f16) == 2 * n
+    assert torch.allclose(CODECS.get("float16")().decode(f16), t, atol=1e-2)
+    q = CODECS.get("int8")().encode(t)
+    assert payload_nbytes(q) == n + 4 and q.parts["values"].dtype == torch.int8
+    scale = t.abs().max() / 127
+    assert (CODECS.get("int8")().decode(q) - t).abs().max() <= scale / 2 + 1e-7
+    topk = CODECS.get("topk")(topk_ratio=0.1)
+    e = topk.encode(t)
+    k = math.ceil(0.1 * n)
+    assert payload_nbytes(e) == 8 * k
+    back = topk.decode(e)
+    kept = back != 0
+    assert int(kept.sum()) == k and torch.equal(back[kept], t[kept])
+    assert t[~kept].abs().max() <= t[kept].abs().min()          # the largest magnitudes are the ones kept
+    assert CODECS.get("identity")().encode(t) is t
+
+
+def test_compression_plugin_on_the_send_path():
+    """The ledger counts the encoded bytes (raw beside them); the receiving side decodes."""
+    comp = Compression(activation="int8", gradient="topk", topk_ratio=0.25)
+    sender, receiver = Plugins([comp]), Plugins([copy.deepcopy(comp)])
+    led = Ledger(transform=sender.on_send)
+    a, g, w = torch.randn(4, 10), torch.randn(4, 10), {"w": torch.randn(3)}
+    parcels = [led.send("client/0", "server", "activation", a), led.send("server", "client/0", "gradient", g),
+               led.send("client/0", "server", "weights", w)]
+    assert [(e.nbytes, e.raw_nbytes) for e in led.drain()] == [(40 + 4, 160), (8 * 10, 160), (12, 12)]
+    got = [receive(p, "cpu", receiver.open) for p in parcels]
+    assert (got[0] - a).abs().max() <= a.abs().max() / 254 + 1e-7
+    assert int((got[1] != 0).sum()) == 10 and torch.equal(got[2]["w"], w["w"])
+
+
+def test_unknown_codec_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"compression.activation: 'zip' .*one of identity, float16, int8, topk"):
+        small_config("compression.activation=zip")
+
+
+def test_identity_codec_gives_bitwise_the_same_parameters(ray_session):
+    plain = train_with(SplitNN, prepare(small_config("training.rounds=1")))
+    ident = train_with(SplitNN, prepare(small_config("training.rounds=1", "compression.activation=identity",
+                                                     "compression.gradient=identity")))
+    assert max_param_diff(plain, ident) == 0.0
+
+
+def test_compressed_run_ledger_bytes_equal_encoded_sizes_by_hand(ray_session):
+    cfg = small_config("training.rounds=1", "compression.activation=int8", "compression.gradient=topk",
+                       "compression.topk_ratio=0.05")
+    plan = prepare(cfg)
+    result = run(cfg, progress=False, write=False)
+    per_sample = plan.modules["s0"](torch.zeros(1, 1, 8, 8)).numel()      # activation values per sample at the cut
+    sizes = [len(b) for idx in plan.client_indices for b in batches(idx, cfg.training.batch_size, cfg.seed, 0, 0)]
+    led = result.ledger.groupby("kind")[["bytes", "raw_bytes", "messages"]].sum()
+    assert led.loc["activation", "messages"] == len(sizes)
+    assert led.loc["activation", "bytes"] == sum(b * per_sample + 4 for b in sizes)          # int8 + scale
+    assert led.loc["gradient", "bytes"] == sum(8 * math.ceil(0.05 * b * per_sample) for b in sizes)  # values + int32 indices
+    assert led.loc["activation", "raw_bytes"] == led.loc["gradient", "raw_bytes"] == sum(sizes) * per_sample * 4
+    assert led.loc["weights", "bytes"] == led.loc["weights", "raw_bytes"]                  # hand-offs not compressed
+
+
+@pytest.mark.parametrize("codec", ["float16", "int8"])
+def test_compressed_training_learns(ray_session, codec):
+    cfg = small_config("training.rounds=3", f"compression.activation={codec}", f"compression.gradient={codec}")
+    m = run(cfg, progress=False, write=False).metrics
+    assert m["train_loss"].iloc[-1] < 0.5 * m["train_loss"].iloc[0]
+    assert m["test_acc"].iloc[-1] > 0.6                # 4 classes: chance is 0.25
+
+
+# --------------------------------------------------------------------------- plug-in points
+
+class ProjectionPenalty(Plugin):
+    """An extra client loss of known cost: alpha * mean((z W)^2) with a fixed W of shape (cut values, 3)."""
+
+    def __init__(self, alpha: float = 0.1):
+        self.alpha = alpha
+        self.w = None
+
+    def client_loss(self, x, z):
+        if self.w is None:
+            self.w = torch.linspace(-1, 1, z[0].numel() * 3).reshape(-1, 3) / z[0].numel() ** 0.5
+        return self.alpha * (z.flatten(1) @ self.w).pow(2).mean()
+
+
+PLUGINS.register("test_projection_penalty", ProjectionPenalty)
+
+
+def test_plugin_flops_are_metered_to_the_party_that_ran_them(ray_session):
+    base = small_config("training.rounds=1")
+    plan = prepare(base)
+    with_plugin = small_config("training.rounds=1", "plugins=[{name: test_projection_penalty, alpha: 0.1}]")
+    plain, extra = run(base, progress=False, write=False), run(with_plugin, progress=False, write=False)
+    q = plan.modules["s0"](torch.zeros(1, 1, 8, 8)).numel()
+    sizes = [len(b) for idx in plan.client_indices for b in batches(idx, base.training.batch_size, base.seed, 0, 0)]
+    # (b x q) @ (q x 3): 2bq3 FLOPs forward; backward: the gradient w.r.t. z only (W is a constant), 2bq3 more
+    by_hand = sum(2 * b * q * 3 for b in sizes)
+    f0 = plain.flops.groupby(["role", "phase"])["flops"].sum()
+    f1 = extra.flops.groupby(["role", "phase"])["flops"].sum()
+    assert f1["client", "forward"] - f0["client", "forward"] == by_hand
+    assert f1["client", "backward"] - f0["client", "backward"] == by_hand
+    assert f1["server", "forward"] == f0["server", "forward"] and f1["server", "backward"] == f0["server", "backward"]
+
+
+def test_extra_client_loss_keeps_the_equivalence_oracle(ray_session):
+    """Split training with a client-side extra loss equals the unsplit network trained on task loss + the same
+    extra loss on (input, cut activation), on the same batches in the same order."""
+    plan = prepare(small_config("plugins=[{name: test_projection_penalty, alpha: 0.5}]", "runtime.workers=2",
+                                "training.client_order=shuffled"))
+    cfg, penalty = plan.cfg, ProjectionPenalty(alpha=0.5)
+    net = ComposedNet(plan.topology, copy.deepcopy(plan.modules))
+    initial = copy.deepcopy(net)
+    opt = make_optimizer(net.parameters(), cfg.training)
+    for r in range(cfg.training.rounds):
+        for k in client_order(cfg, r):
+            for idx in batches(plan.client_indices[k], cfg.training.batch_size, cfg.seed, r, k):
+                x, y = torch.from_numpy(plan.dataset.train_x[idx]), torch.from_numpy(plan.dataset.train_y[idx])
+                z = net.segs["s0"](x)
+                loss = nn.functional.cross_entropy(net.segs["s1"](z), y) + penalty.client_loss(x, z)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    split = train_with(SplitNN, plan)
+    without = train_with(SplitNN, prepare(small_config("runtime.workers=2", "training.client_order=shuffled")))
+    assert max_param_diff(split, without) > 1e-4, "the extra loss must change training"
+    assert max_param_diff(net, initial) > 1e-3
+    assert max_param_diff(split, net) <= TOL
+
+
+class ActivationCounter(Plugin):
+    """Counts the activation messages a party receives; checks its payload arrives decoded."""
+
+    def __init__(self):
+        self.count = 0
+
+    def observe(self, parcel, payload):
+        if parcel.kind == "activation":
+            assert isinstance(payload, torch.Tensor) and payload.dtype == torch.float32
+            self.count += 1
+
+    def metrics(self):
+        out, self.count = ({"received_activations": (self.count, 1)} if self.count else {}), 0
+        return out
+
+    def evaluate(self, model, dataset):
+        return {"test_samples_seen": float(len(dataset.test_y))}
+
+
+PLUGINS.register("test_activation_counter", ActivationCounter)
+
+
+def test_observers_and_metrics_become_columns(ray_session):
+    cfg = small_config("plugins=[{name: test_activation_counter}]", "compression.activation=int8")
+    result = run(cfg, progress=False, write=False)
+    acts = result.ledger[result.ledger["kind"] == "activation"].groupby("round")["messages"].sum()
+    assert result.metrics["received_activations"].tolist() == acts.tolist()
+    assert (result.metrics["test_samples_seen"] == len(prepare(cfg).dataset.test_y)).all()
+
+
+def test_bad_plugin_options_are_one_line_errors():
+    with pytest.raises(ConfigError, match=r"^plugins\[0\]: \{'beta': 1\} .*options test_projection_penalty takes"):
+        small_config("plugins=[{name: test_projection_penalty, beta: 1}]")
+    with pytest.raises(ConfigError, match=r"^plugins\[0\]\.name: 'nopeek2' .*one of compression"):
+        small_config("plugins=[{name: nopeek2}]")
