@@ -1,4 +1,4 @@
-"""The ``raysplit`` command: run | compare | validate | costs | plot."""
+"""The ``raysplit`` command: run | compare | validate | costs | codecs | plot."""
 from __future__ import annotations
 
 import argparse
@@ -62,6 +62,12 @@ def cmd_costs(args) -> int:
     return cost_model.main(args.rest)
 
 
+def cmd_codecs(args) -> int:
+    from analysis import codecs
+
+    return codecs.main(args.rest)
+
+
 def cmd_plot(args) -> int:
     from analysis import plots
 
@@ -97,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_costs)
+    p = sub.add_parser("codecs", help="train a config under each cut-layer codec setting: accuracy vs client GB "
+                                      "(see `raysplit codecs -h`)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_codecs)
     p = sub.add_parser("plot", help="figures and a report from results directories (see `raysplit plot -h`)",
                        add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
