@@ -36,7 +36,8 @@ def run_variants(config: str, overrides: list[str], out: Path, progress: bool = 
     from raysplit.data import load_dataset
     from raysplit.experiment import _check_free, prepare, run
 
-    cfgs = {name: config_mod.load(config, [*overrides, f"compression.activation={a}", f"compression.gradient={g}"])
+    cfgs = {name: config_mod.load(config, [*overrides, f"compression.activation={a or 'null'}",
+                                           f"compression.gradient={g or 'null'}"])
             for name, (a, g) in VARIANTS.items()}
     _check_free(out)
     first = next(iter(cfgs.values()))
