@@ -1,7 +1,7 @@
 """Where things run: connect to Ray (local or a cluster) and place the party hosts.
 
 The same code path serves a laptop and a cluster; only ``runtime.address`` and the per-role resources
-differ (DESIGN invariant 5). Per role (``runtime.worker``, ``runtime.server``): CPUs, GPUs (fractions
+differ (invariant 5, docs/architecture.md). Per role (``runtime.worker``, ``runtime.server``): CPUs, GPUs (fractions
 allowed; a host with ``num_gpus > 0`` runs its segments on its GPU) and custom resources that pin it to the
 nodes declaring them; ``runtime.placement`` puts all hosts in one placement group (PACK, SPREAD, ...).
 """

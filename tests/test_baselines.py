@@ -1,4 +1,4 @@
-"""FedAvg and large-batch SGD on the party hosts: equivalence oracles (DESIGN invariant 3) and the ledger
+"""FedAvg and large-batch SGD on the party hosts: equivalence oracles (invariant 3, docs/architecture.md) and the ledger
 against its closed form."""
 import copy
 import math
@@ -28,7 +28,7 @@ def sgd_step(net, opt, plan, idx) -> None:
 
 
 def assert_no_raw_data(plan, entries) -> None:
-    """DESIGN invariant 1: only weights and gradients travel; no raw input row, no labels."""
+    """invariant 1, docs/architecture.md: only weights and gradients travel; no raw input row, no labels."""
     raw = row_fingerprints(torch.from_numpy(plan.dataset.train_x))
     assert entries and all(e.kind in ("weights", "gradient_update") and not (e.fingerprints & raw) for e in entries)
 
@@ -186,7 +186,7 @@ def test_large_batch_sgd_ledger_matches_closed_form(ray_session):
 
 
 def test_same_metrics_with_one_and_two_workers(ray_session):
-    """DESIGN invariant 4 for the baselines: hosting does not change results."""
+    """invariant 4, docs/architecture.md for the baselines: hosting does not change results."""
     for algorithm in ("fedavg", "large_batch_sgd"):
         dfs = [run(small_config(f"algorithm={algorithm}", f"runtime.workers={w}", "data.num_clients=4",
                                 "training.participation=0.75"), progress=False, write=False).metrics

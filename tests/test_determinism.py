@@ -1,4 +1,4 @@
-"""DESIGN invariant 4: same config and seed, same metrics, whatever the number of worker actors."""
+"""invariant 4, docs/architecture.md: same config and seed, same metrics, whatever the number of worker actors."""
 from conftest import small_config
 from raysplit.experiment import run
 

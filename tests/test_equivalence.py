@@ -1,4 +1,4 @@
-"""The backbone oracle (DESIGN invariant 3): split training equals the unsplit network trained in one
+"""The backbone oracle (invariant 3, docs/architecture.md): split training equals the unsplit network trained in one
 process on the same batches in the same order, to float32 rounding."""
 import copy
 

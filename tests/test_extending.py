@@ -83,3 +83,13 @@ def test_how_to_examples_in_the_docs_are_the_files_the_tests_run():
     sources = "\n".join(p.read_text() for p in (EXAMPLES / "my_lab").glob("*.py"))
     for block in blocks:
         assert block.strip() in sources, block[:200]
+
+
+def test_the_actor_host_imports_no_algorithm():
+    import subprocess
+    import sys
+
+    code = ("import sys, raysplit.host; "
+            "print([m for m in sys.modules if m.startswith(('raysplit.algorithms', 'raysplit.compression'))])")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "[]", p.stdout + p.stderr

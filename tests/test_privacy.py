@@ -1,4 +1,4 @@
-"""DESIGN invariant 1: raw inputs never leave their holder; labels leave it only where the topology says."""
+"""invariant 1, docs/architecture.md: raw inputs never leave their holder; labels leave it only where the topology says."""
 import numpy as np
 import pytest
 import torch

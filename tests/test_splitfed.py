@@ -167,7 +167,7 @@ def test_same_metrics_with_one_and_two_workers_and_weights_in_the_ledger(ray_ses
         assert {e.nbytes for e in entries if e.round == r and e.kind == "weights"} == {client_bytes}
         assert {e.src for e in entries if e.round == r and e.kind == "activation"} == {f"client/{k}" for k in k_r}
     assert not [e for e in entries if e.kind == "optimizer_state"]
-    raw = raw_fingerprints(plan.dataset)        # DESIGN invariant 1 holds for SplitFed too
+    raw = raw_fingerprints(plan.dataset)        # invariant 1, docs/architecture.md holds for SplitFed too
     assert not any(e.fingerprints & raw for e in entries)
     assert {e.dst for e in entries if e.kind == "labels"} == {"server"}
 

@@ -1,5 +1,5 @@
 """The vertical and multi-task topologies on the one engine: equivalence with the unsplit network trained in
-one process on the same batches (DESIGN invariant 3), the ledger privacy check (invariant 1), what data each
+one process on the same batches (invariant 3, docs/architecture.md), the ledger privacy check (invariant 1), what data each
 party is given, and the one-line errors of invalid topologies."""
 import copy
 import re

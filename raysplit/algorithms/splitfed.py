@@ -16,7 +16,7 @@ takes their average weighted by sample count (FedAvg).
   across workers while the server model sees the same sequence whatever the number of workers.
 
 Averages are summed in the round's canonical order, so results do not depend on how clients are mapped to
-worker actors (DESIGN invariant 4). Every step is the engine's ``step``; every weight transfer to and
+worker actors (invariant 4, docs/architecture.md). Every step is the engine's ``step``; every weight transfer to and
 from the averaging point is a ``weights`` entry in the ledger.
 
 Programs: ``SplitFedWorker`` on the worker hosts (each training client gets its own store: a copy of the
