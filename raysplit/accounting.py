@@ -143,13 +143,13 @@ class Ledger:
         if dsts == (src,) or not dsts:
             return payload
         assert kind in KINDS, kind
-        raw = payload_nbytes(payload)
+        raw = nbytes = payload_nbytes(payload)
         if self.transform is not None:
             payload = self.transform(src, dsts[0] if len(dsts) == 1 else dsts, kind, payload)
+            nbytes = payload_nbytes(payload)
         fps: frozenset = frozenset()
         if self.capture:
             fps = frozenset().union(*(row_fingerprints(t) for t in tensors_in(payload)))
-        nbytes = payload_nbytes(payload)
         self.entries += [Entry(self.round, self.step, src, d, kind, nbytes, fps, raw) for d in dsts]
         return Parcel(src, dst if isinstance(dst, str) else dsts, kind, to_wire(payload))
 

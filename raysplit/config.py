@@ -18,6 +18,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from raysplit.errors import ConfigError
+from raysplit.registry import add_search_path, import_modules
 
 
 def _rule(allowed: str | None = None, check=None, **kw):
@@ -286,8 +287,6 @@ def load(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
         raise ConfigError("config", str(path), f"valid YAML{where}") from None
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError("config", str(path), "a YAML mapping of config keys")
-    from raysplit.registry import add_search_path
-
     add_search_path(path.parent)       # a user's modules (``imports:``) may sit beside their config
     return from_dict(raw, overrides)
 
@@ -299,7 +298,6 @@ def check_names(cfg: ExperimentConfig) -> None:
     from raysplit.data import DATASETS
     from raysplit.models import MODELS
     from raysplit.plugins import build_plugins
-    from raysplit.registry import import_modules
     from raysplit.topology import TOPOLOGIES
 
     import_modules(cfg.imports)
