@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+from pathlib import Path
 
-from raysplit.errors import RaysplitError
+from raysplit.errors import ConfigError, Interrupted, RaysplitError
 
 
 def _load(args):
@@ -18,10 +21,24 @@ def _load(args):
 
 
 def cmd_run(args) -> int:
+    from raysplit import config
     from raysplit.experiment import run
 
-    cfg = _load(args)
-    result = run(cfg, out_dir=args.out, progress=not args.quiet)
+    if args.resume:
+        # a resumed run keeps its config: only where it runs may change
+        if args.config or args.set or args.out:
+            raise ConfigError("--resume", args.resume, "no CONFIG, --set or --out beside it (the run continues with "
+                              "the config and output directory it started with)")
+        resume = Path(args.resume)
+        if not (resume / "config.yaml").is_file():
+            raise ConfigError("--resume", args.resume, "the .NAME.partial directory of an interrupted run (it holds "
+                              "config.yaml and checkpoints/)")
+        cfg = config.load(resume / "config.yaml", [f"runtime.address={args.address}"] if args.address else [])
+        result = run(cfg, progress=not args.quiet, resume=resume)
+    else:
+        if not args.config:
+            raise ConfigError("config", None, "a config file (raysplit run CONFIG), or --resume DIR")
+        result = run(_load(args), out_dir=args.out, progress=not args.quiet)
     last = result.metrics.iloc[-1]
     print(f"test accuracy {last['test_acc']:.4f} after {int(last['round'])} rounds; "
           f"results in {result.out_dir}")
@@ -74,8 +91,8 @@ def cmd_plot(args) -> int:
     return plots.main(args.rest)
 
 
-def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="experiment YAML (see experiments/)")
+def _config_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    p.add_argument("config", nargs="?" if optional else None, help="experiment YAML (see experiments/)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config field, e.g. --set training.lr=0.01 --set data.num_clients=100")
     p.add_argument("--address", help="attach to a running Ray cluster (e.g. auto, ray://head:10001)")
@@ -85,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raysplit", description="Split learning vs federated learning on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="train one experiment and write a results directory")
-    _config_args(p)
+    _config_args(p, optional=True)      # not with --resume
+    p.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its last checkpoint "
+                                                    "(its .NAME.partial directory, as the interruption message says)")
     p.add_argument("--out", help="results directory (default results/<name>-<timestamp>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_run)
@@ -114,17 +133,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop_on_signals() -> None:
+    """SIGINT and SIGTERM stop the run cleanly (an ``Interrupted`` raised in the main thread: checkpoint kept,
+    party hosts and Ray shut down); a second signal exits at once."""
+    def handler(signum, frame):
+        signal.signal(signal.SIGINT, lambda *_: os._exit(128 + signal.SIGINT))
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(128 + signal.SIGTERM))
+        raise Interrupted(signum)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _resume_hint(args, e: BaseException) -> str:
+    partial = getattr(e, "partial", None)
+    return f"; continue with: raysplit run --resume {partial}" if partial and args.command == "run" else ""
+
+
+def _shutdown_ray() -> None:
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    _stop_on_signals()
     try:
         return args.fn(args)
     except RaysplitError as e:
-        print(f"raysplit: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("raysplit: interrupted", file=sys.stderr)
-        return 130
+        print(f"raysplit: error: {e}{_resume_hint(args, e)}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt as e:
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        print(f"raysplit: interrupted ({signal.Signals(signum).name}){_resume_hint(args, e)}", file=sys.stderr)
+        _shutdown_ray()
+        return 128 + signum
 
 
 if __name__ == "__main__":

@@ -88,6 +88,11 @@ class RuntimeConfig:
     # place all party hosts in one Ray placement group with this strategy (null: no placement group)
     placement: Optional[Literal["PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"]] = None
     deterministic: bool = True            # torch.use_deterministic_algorithms in every party
+    # the experiment's complete state every K rounds (and after the last), for --resume and recovery
+    checkpoint_every: int = _rule(default=1, **positive)
+    keep_checkpoints: int = _rule(default=2, **positive)
+    checkpoint_dir: Optional[str] = None  # default <results>/checkpoints; a shared path on a cluster
+    max_failures: int = _rule(default=3, **non_negative)   # party hosts lost (and recovered) before the run stops
 
 
 PARTY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 
 class RaysplitError(Exception):
-    """An error the user can fix; the CLI prints its message as one line and exits with code 2."""
+    """An error the user can fix; the CLI prints its message as one line and exits with ``exit_code``."""
+    exit_code = 2
 
 
 class ConfigError(RaysplitError):
@@ -14,3 +15,16 @@ class ConfigError(RaysplitError):
 
 class DataError(RaysplitError):
     """Missing or malformed data files; the message says how to get them."""
+
+
+class PartyLost(RaysplitError):
+    """Party hosts died more often than ``runtime.max_failures`` allows; the run can be resumed."""
+    exit_code = 1
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (or SIGINT) asked the run to stop; ``signum`` says which."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

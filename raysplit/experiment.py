@@ -5,24 +5,30 @@ Results directory (pandas reads every table):
   metrics.csv        one row per round: accuracy, loss, FLOPs per role, bytes per link and kind, wall time
   ledger.csv         bytes and messages per (round, src, dst, kind) — sums of the ledger (raw_bytes: before codecs)
   flops.csv          FLOPs per (round, party, phase) — from the meter
+  model/             the trained network: <segment>.pt (each segment's state dict) and composed.pt
+  checkpoints/       round-<r>/: the experiment's complete state after round r (the last few)
   summary.json       final figures
   run.log            the log
-It is written under a hidden ``.partial`` name and renamed when the run completes, so a results
-directory is never half-written; bad input is refused before anything is written at all.
+It is written under a hidden ``.NAME.partial`` name, its tables rewritten after every round (readable at any
+moment), and renamed when the run completes; bad input is refused before anything is written at all. An
+interrupted run continues from its last checkpoint (``run(..., resume=partial_dir)``); a party host that
+dies is restarted and the run replayed from the last checkpoint, with bitwise the same results.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import ray
 import torch
 import yaml
 from torch import nn
@@ -31,10 +37,12 @@ from tqdm import tqdm
 from raysplit import config as config_mod
 from raysplit.accounting import Entry, role_of, summarize
 from raysplit.algorithms import ALGORITHMS, Plan
+from raysplit.checkpoint import Checkpoint, Checkpoints
 from raysplit.config import ExperimentConfig, holder_names
 from raysplit.data import Dataset, aligned_sample_ids, load_dataset, partition
-from raysplit.errors import ConfigError
+from raysplit.errors import ConfigError, PartyLost
 from raysplit.plugins import build_plugins
+from raysplit.runtime import dead_hosts
 from raysplit.topology import ComposedNet, build_topology
 
 log = logging.getLogger("raysplit")
@@ -112,9 +120,24 @@ def default_output_dir(cfg: ExperimentConfig) -> Path:
     return Path("results") / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
+def partial_dir(out: Path) -> Path:
+    return out.parent / f".{out.name}.partial"
+
+
+def final_dir(partial: Path) -> Path:
+    """``.NAME.partial`` -> ``NAME`` (where a resumed run lands)."""
+    name = partial.name
+    if not (name.startswith(".") and name.endswith(".partial")):
+        raise ConfigError("--resume", str(partial), "the .NAME.partial directory of an interrupted run")
+    return partial.parent / name[1:-len(".partial")]
+
+
 def _check_free(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError("output_dir", str(out), "a directory that does not exist yet or is empty")
+    if partial_dir(out).exists():
+        raise ConfigError("output_dir", str(out), f"a directory with no interrupted run; {partial_dir(out)} holds one: "
+                          f"continue it with `raysplit run --resume {partial_dir(out)}`, or delete it")
 
 
 @dataclass
@@ -124,72 +147,187 @@ class Result:
     ledger: pd.DataFrame
     flops: pd.DataFrame
     entries: list[Entry]
+    model: ComposedNet | None = None
+
+
+LEDGER_COLUMNS = ["round", "src", "dst", "kind", "messages", "bytes", "raw_bytes"]
+FLOP_COLUMNS = ["round", "party", "role", "phase", "flops"]
+
+
+def _tables(results: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    metrics = add_cumulative(pd.DataFrame(results["rows"]))
+    ledger = pd.DataFrame(results["ledger_rows"], columns=LEDGER_COLUMNS)
+    return metrics, ledger, pd.DataFrame(results["flop_rows"], columns=FLOP_COLUMNS)
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, path)          # readers always see a whole table
+
+
+def save_model(out: Path, plan: Plan, net: ComposedNet) -> None:
+    """``model/<segment>.pt`` (each segment's state dict), ``model/composed.pt`` (the unsplit network's), and
+    what ``load_model`` needs to rebuild it."""
+    d = out / "model"
+    d.mkdir(exist_ok=True)
+    for name, seg in net.segs.items():
+        torch.save(seg.state_dict(), d / f"{name}.pt")
+    torch.save(net.state_dict(), d / "composed.pt")
+    meta = dict(input_shape=list(plan.dataset.input_shape), num_classes=plan.dataset.num_classes,
+                segments={s.name: s.owner for s in plan.topology.segments})
+    (d / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load_model(results_dir: str | Path) -> ComposedNet:
+    """The trained network of a results directory, rebuilt from its config and loaded (no data needed)."""
+    d = Path(results_dir)
+    cfg = config_mod.load(d / "config.yaml")
+    meta = json.loads((d / "model" / "meta.json").read_text())
+    topology, modules = build_topology(cfg, tuple(meta["input_shape"]), meta["num_classes"])
+    net = ComposedNet(topology, modules)
+    net.load_state_dict(torch.load(d / "model" / "composed.pt", weights_only=True))
+    return net
+
+
+class _Run:
+    """The round loop of one experiment: results so far, checkpoints, recovery from a lost party host."""
+
+    def __init__(self, cfg: ExperimentConfig, plan: Plan, algo, checkpoints: Checkpoints, tmp: Path | None,
+                 capture: bool):
+        self.cfg, self.plan, self.algo, self.checkpoints, self.tmp, self.capture = cfg, plan, algo, checkpoints, tmp, capture
+        self.results = {"rows": [], "ledger_rows": [], "flop_rows": []}
+        self.entries: list[Entry] = []
+        self.model: ComposedNet | None = None
+        self.done = 0                                   # rounds completed
+        self.failures: Counter = Counter()
+
+    def restore_latest(self) -> None:
+        """Continue from the newest checkpoint (hosts just started), or from the start without one."""
+        ck = self.checkpoints.latest()
+        self.done = ck.round if ck else 0
+        self.results = ck.results if ck else {"rows": [], "ledger_rows": [], "flop_rows": []}
+        self.entries = [e for e in self.entries if e.round < self.done]
+        if ck:
+            self.algo.restore(ck.state, ck.round)
+            log.info("continuing after round %d (checkpoint)", ck.round)
+
+    def one_round(self, r: int) -> dict:
+        cfg, plan, algo = self.cfg, self.plan, self.algo
+        t0 = time.perf_counter()
+        train = algo.run_round(r)
+        entries, flops, extra = algo.drain()
+        wall = time.perf_counter() - t0
+        test = {t: (float("nan"), float("nan")) for t in plan.topology.tasks}
+        if (r + 1) % cfg.runtime.eval_every == 0 or r == cfg.training.rounds - 1:
+            self.model = algo.model()
+            test = evaluate(self.model, plan.dataset.test_x, plan.dataset.test_y)
+            for p in plan.plugins:
+                extra.update(p.evaluate(self.model, plan.dataset))
+        row = round_row(r, cfg, train, test, entries, flops, wall, extra)
+        self.results["rows"].append(row)
+        self.results["ledger_rows"] += [{**x, "round": x["round"] + 1} for x in summarize(entries, raw=True)]
+        self.results["flop_rows"] += [dict(round=r + 1, party=p, role=role_of(p), phase=ph, flops=f)
+                                      for (p, ph), f in sorted(flops.items())]
+        if self.capture:
+            self.entries += entries
+        return row
+
+    def recover(self, error: Exception) -> None:
+        """A party host died: name it, restart all hosts and replay from the last checkpoint (bounded)."""
+        dead = dead_hosts(self.algo.hosts) if getattr(self.algo, "hosts", None) else []
+        if not dead:
+            raise error
+        self.failures.update(dead)
+        lost = ", ".join(f"{name} ({n}x)" for name, n in self.failures.items())
+        if sum(self.failures.values()) > self.cfg.runtime.max_failures:
+            raise PartyLost(f"party host {', '.join(dead)} died in round {self.done + 1}; lost so far: {lost}; more than "
+                            f"runtime.max_failures={self.cfg.runtime.max_failures}")
+        log.warning("party host %s died in round %d; restarting the party hosts and replaying from the last "
+                    "checkpoint (lost so far: %s)", ", ".join(dead), self.done + 1, lost)
+        self.algo.stop()
+        self.algo.start()
+        self.restore_latest()
+
+    def loop(self, progress: bool) -> None:
+        cfg, rounds = self.cfg, self.cfg.training.rounds
+        bar = tqdm(total=rounds, initial=self.done, desc=cfg.name, unit="round", disable=not progress)
+        while self.done < rounds:
+            r = self.done
+            try:
+                row = self.one_round(r)
+            except ray.exceptions.RayError as e:
+                self.recover(e)
+                bar.n = self.done
+                continue
+            self.done += 1
+            if self.tmp is not None:
+                for df, name in zip(_tables(self.results), ("metrics.csv", "ledger.csv", "flops.csv")):
+                    _write_csv(df, self.tmp / name)
+            if self.done % cfg.runtime.checkpoint_every == 0 or self.done == rounds:
+                cost = self.checkpoints.save(Checkpoint(self.done, self.algo.state(), self.results))
+                log.debug("checkpoint after round %d: %.2fs, %d bytes", self.done, cost["seconds"], cost["bytes"])
+            bar.update(1)
+            bar.set_postfix(test_acc=f"{row['test_acc']:.4f}")
+            log.info("round %d/%d: test_acc=%.4f train_loss=%.4f client TFLOPs/client=%.4g client GB/client=%.4g "
+                     "wall=%.1fs", r + 1, rounds, row["test_acc"], row["train_loss"],
+                     row["client_tflops_per_client"], row["client_gb_per_client"], row["wall_s"])
+        bar.close()
 
 
 def run(cfg: ExperimentConfig, out_dir: str | Path | None = None, progress: bool = True,
-        capture_ledger: bool = False, write: bool = True, plan: Plan | None = None) -> Result:
+        capture_ledger: bool = False, write: bool = True, plan: Plan | None = None,
+        resume: str | Path | None = None) -> Result:
     """Run an experiment end to end. ``capture_ledger`` keeps every ledger entry (with row fingerprints)
-    on the result, for the privacy tests. ``plan``: ``prepare(cfg)`` already done by the caller."""
+    on the result, for the privacy tests. ``plan``: ``prepare(cfg)`` already done by the caller.
+    ``resume``: the ``.NAME.partial`` directory of an interrupted run of ``cfg``: continue from its last
+    checkpoint. An interruption (KeyboardInterrupt) keeps the partial directory (``error.partial``)."""
     plan = plan or prepare(cfg)
-    out = Path(out_dir or cfg.output_dir or default_output_dir(cfg))
-    if write:
-        _check_free(out)
+    if resume is not None:
+        tmp = Path(resume)
+        out = final_dir(tmp)
+    else:
+        out = Path(out_dir or cfg.output_dir or default_output_dir(cfg))
+        tmp = partial_dir(out)
+        if write:
+            _check_free(out)
+    rt = cfg.runtime
+    ck_dir = (Path(rt.checkpoint_dir) / out.name if rt.checkpoint_dir else tmp / "checkpoints") if write else None
     algo = ALGORITHMS.get(cfg.algorithm)(plan, capture_ledger=capture_ledger, progress=progress)
-    rows, ledger_rows, flop_rows, all_entries = [], [], [], []
-    tmp, handler = None, None
+    state = _Run(cfg, plan, algo, Checkpoints(ck_dir, rt.keep_checkpoints), tmp if write else None, capture_ledger)
+    handler = None
     try:
         algo.start()                       # capacity and cluster errors surface here, before any file
         if write:
-            tmp = out.parent / f".{out.name}.partial"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            tmp.mkdir(parents=True, exist_ok=resume is not None)
             handler = logging.FileHandler(tmp / "run.log")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             log.addHandler(handler)
-            (tmp / "config.yaml").write_text(yaml.safe_dump(config_mod.to_dict(cfg), sort_keys=False))
+            if resume is None:
+                (tmp / "config.yaml").write_text(yaml.safe_dump(config_mod.to_dict(cfg), sort_keys=False))
         log.info("%s: %s / %s / %s, %d clients on %s (%d train, %d test samples), %d rounds",
                  cfg.name, cfg.algorithm, cfg.topology, cfg.schedule, cfg.data.num_clients, cfg.data.dataset,
                  len(plan.dataset.train_y), len(plan.dataset.test_y), cfg.training.rounds)
-        bar = tqdm(range(cfg.training.rounds), desc=cfg.name, unit="round", disable=not progress)
-        for r in bar:
-            t0 = time.perf_counter()
-            train = algo.run_round(r)
-            entries, flops, extra = algo.drain()
-            wall = time.perf_counter() - t0
-            evaluate_now = (r + 1) % cfg.runtime.eval_every == 0 or r == cfg.training.rounds - 1
-            test = {t: (float("nan"), float("nan")) for t in plan.topology.tasks}
-            if evaluate_now:
-                model = algo.model()
-                test = evaluate(model, plan.dataset.test_x, plan.dataset.test_y)
-                for p in plan.plugins:
-                    extra.update(p.evaluate(model, plan.dataset))
-            row = round_row(r, cfg, train, test, entries, flops, wall, extra)
-            rows.append(row)
-            ledger_rows += summarize(entries, raw=True)
-            flop_rows += [dict(round=r + 1, party=p, role=role_of(p), phase=ph, flops=f) for (p, ph), f in sorted(flops.items())]
-            if capture_ledger:
-                all_entries += entries
-            bar.set_postfix(test_acc=f"{row['test_acc']:.4f}")
-            log.info("round %d/%d: test_acc=%.4f train_loss=%.4f client TFLOPs/client=%.4g client GB/client=%.4g "
-                     "wall=%.1fs", r + 1, cfg.training.rounds, row["test_acc"], row["train_loss"],
-                     row["client_tflops_per_client"], row["client_gb_per_client"], wall)
-    except BaseException:
-        if tmp is not None and not rows:   # nothing worth keeping; otherwise the .partial folder stays to inspect
-            shutil.rmtree(tmp, ignore_errors=True)
+        if resume is not None:
+            state.restore_latest()
+        state.loop(progress)
+        if state.model is None:            # resumed after its last round: nothing was evaluated here
+            state.model = algo.model()
+    except BaseException as e:
+        # an interruption (Ctrl-C, SIGTERM) or lost parties keep what is done and say how to continue
+        if write and tmp.exists():
+            if isinstance(e, (KeyboardInterrupt, PartyLost)) or state.results["rows"] or resume is not None:
+                e.partial = tmp
+            else:                          # nothing worth keeping
+                shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
         algo.stop()
         if handler:
             log.removeHandler(handler)
             handler.close()
-    metrics = add_cumulative(pd.DataFrame(rows))
-    ledger = pd.DataFrame(ledger_rows, columns=["round", "src", "dst", "kind", "messages", "bytes", "raw_bytes"])
-    ledger["round"] += 1
-    flops_df = pd.DataFrame(flop_rows, columns=["round", "party", "role", "phase", "flops"])
-    if tmp is not None:
-        metrics.to_csv(tmp / "metrics.csv", index=False)
-        ledger.to_csv(tmp / "ledger.csv", index=False)
-        flops_df.to_csv(tmp / "flops.csv", index=False)
+    metrics, ledger, flops_df = _tables(state.results)
+    if write:
         last = metrics.iloc[-1]
         summary = dict(name=cfg.name, algorithm=cfg.algorithm, topology=cfg.topology, rounds=len(metrics),
                        final_test_acc=float(last["test_acc"]), best_test_acc=float(metrics["test_acc"].max()),
@@ -198,8 +336,9 @@ def run(cfg: ExperimentConfig, out_dir: str | Path | None = None, progress: bool
                        bytes_total=int(last["bytes_total_cum"]), wall_s=float(last["wall_s_cum"]))
         for task in plan.topology.tasks[1:]:        # further tasks (multi_task): test_acc_<task>
             summary[f"final_test_acc_{task}"] = float(last[f"test_acc_{task}"])
+        save_model(tmp, plan, state.model)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if out.exists():
             out.rmdir()
         tmp.rename(out)
-    return Result(out, metrics, ledger, flops_df, all_entries)
+    return Result(out, metrics, ledger, flops_df, state.entries, state.model)

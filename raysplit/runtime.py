@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import socket
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,13 +31,34 @@ from raysplit.topology import CLIENT, INPUT, Topology
 log = logging.getLogger("raysplit")
 
 
+@contextmanager
+def keep_signal_handlers():
+    """ray.init installs its own SIGTERM handler (it prints a stack line and exits); keep the process's own,
+    so that SIGTERM stops a run as cleanly as Ctrl-C does (cli.py)."""
+    main = threading.current_thread() is threading.main_thread()
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            if handler is not None:
+                signal.signal(s, handler)
+
+
 def connect(address: str | None) -> None:
     """Start a local Ray, or attach to a running cluster. A no-op when Ray is already up (tests)."""
     if ray.is_initialized():
         return
+    with keep_signal_handlers():
+        _init(address)
+    log.info("Ray: %s", {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")})
+
+
+def _init(address: str | None) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     kwargs: dict[str, Any] = dict(include_dashboard=False, configure_logging=False, log_to_driver=True)
     if address:
+        _check_reachable(address)
         import raysplit
 
         # ship this package (and the user's own modules named in the config) to the cluster's workers
@@ -52,7 +77,22 @@ def connect(address: str | None) -> None:
             dict.fromkeys([*registry.SEARCH_PATHS, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]))
         # "local": a new Ray of our own, never a cluster another process left running (ray start)
         ray.init(address="local", **kwargs)
-    log.info("Ray: %s", {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")})
+
+
+CONNECT_TIMEOUT_S = 10
+
+
+def _check_reachable(address: str) -> None:
+    """An address of the form host:port (or ray://host:port) must answer within seconds; Ray would wait minutes."""
+    hostport = address.split("://", 1)[-1]
+    if address == "auto" or ":" not in hostport:
+        return
+    host, _, port = hostport.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except (OSError, ValueError) as e:
+        raise ConfigError("runtime.address", address, f"the address of a running Ray cluster, reachable from here "
+                          f"(no answer from {host}:{port} within {CONNECT_TIMEOUT_S}s: {e})") from None
 
 
 def threads_for(res: Resources) -> int:
@@ -78,6 +118,7 @@ def check_capacity(requests: list[tuple[str, Resources]]) -> None:
 
 
 PLACEMENT_TIMEOUT_S = 120
+HOST_START_TIMEOUT_S = 300
 
 
 def bundle(res: Resources) -> dict[str, float]:
@@ -116,6 +157,30 @@ class Hosts:
     @property
     def all(self) -> list[Any]:
         return [*self.workers, *self.roles.values()]
+
+    @property
+    def named(self) -> dict[str, Any]:
+        """Every host by its party-host name: worker0, worker1, ..., then the roles (server, relay, ...)."""
+        return {**{f"worker{i}": h for i, h in enumerate(self.workers)}, **self.roles}
+
+
+PING_TIMEOUT_S = 30
+
+
+def dead_hosts(hosts: Hosts) -> list[str]:
+    """The names of the party hosts whose process is gone (a host that does not answer in time counts too)."""
+    named = hosts.named
+    pings = {name: h.ping.remote() for name, h in named.items()}
+    ready, _ = ray.wait(list(pings.values()), num_returns=len(pings), timeout=PING_TIMEOUT_S)
+    dead = []
+    for name, ref in pings.items():
+        try:
+            if ref not in ready:
+                raise TimeoutError
+            ray.get(ref)
+        except (ray.exceptions.RayActorError, TimeoutError):
+            dead.append(name)
+    return dead
 
 
 def start_hosts(cfg: ExperimentConfig, topology: Topology, modules: dict, train_x, train_y,
@@ -175,9 +240,15 @@ def start_hosts(cfg: ExperimentConfig, topology: Topology, modules: dict, train_
             if steps:
                 hosts.client_host.update({k: hosts.roles[role] for k in range(len(client_indices))})
         peers = dict(hosts.roles)
-        ray.get([h.set_peers.remote(peers) for h in hosts.all])
-        for line in ray.get([h.ping.remote() for h in hosts.all]):
+        pings = {name: h.ping.remote() for name, h in hosts.named.items()}
+        ready, _ = ray.wait(list(pings.values()), num_returns=len(pings), timeout=HOST_START_TIMEOUT_S)
+        late = [name for name, ref in pings.items() if ref not in ready]
+        if late:
+            raise ConfigError("runtime", f"{', '.join(late)} not started", f"party hosts that start within "
+                              f"{HOST_START_TIMEOUT_S}s (check the cluster's nodes and runtime.worker / runtime.server)")
+        for line in ray.get(list(pings.values())):
             log.info("party host ready: %s", line)
+        ray.get([h.set_peers.remote(peers) for h in hosts.all])
     except BaseException:      # an actor that cannot start: release what was reserved
         stop_hosts(hosts)
         raise

@@ -26,8 +26,8 @@ def test_run_writes_a_results_directory(tmp_path):
     out = tmp_path / "res"
     p = raysplit("run", "experiments/vanilla_fmnist.yaml", *SMALL, "--out", str(out), "--quiet")
     assert p.returncode == 0, p.stderr
-    assert sorted(x.name for x in out.iterdir()) == ["config.yaml", "flops.csv", "ledger.csv", "metrics.csv",
-                                                     "run.log", "summary.json"]
+    assert sorted(x.name for x in out.iterdir()) == ["checkpoints", "config.yaml", "flops.csv", "ledger.csv",
+                                                     "metrics.csv", "model", "run.log", "summary.json"]
     m = pd.read_csv(out / "metrics.csv")
     assert list(m["round"]) == [1, 2]
     for col in ("test_acc", "test_loss", "train_loss", "client_flops", "server_flops", "client_tflops_per_client",

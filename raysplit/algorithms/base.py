@@ -69,6 +69,16 @@ def install(hosts, key: str, programs: dict, *args) -> None:
     ray.get([h.install.remote(key, program, *args) for h, program in programs.items()])
 
 
+def host_states(hosts, key: str) -> dict[str, dict]:
+    """{host name: the state of its program ``key``}, at a round boundary: what a checkpoint holds."""
+    named = hosts.named
+    return dict(zip(named, ray.get([h.call.remote(key, "state") for h in named.values()])))
+
+
+def load_host_states(hosts, key: str, states: dict[str, dict]) -> None:
+    ray.get([hosts.named[name].call.remote(key, "load_state", s) for name, s in states.items()])
+
+
 def drain_hosts(hosts) -> tuple[list, dict, dict]:
     """The round's ledger entries, FLOP totals and plug-in metrics from every party host."""
     entries, flops, metrics = [], defaultdict(int), []

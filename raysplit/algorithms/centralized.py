@@ -52,6 +52,13 @@ class Centralized:
                 merge_stats(out, self.train_batch(idx))
         return out
 
+    def state(self) -> dict:
+        return {"net": copy.deepcopy(self.net.state_dict()), "optim": copy.deepcopy(self.opt.state_dict())}
+
+    def restore(self, state: dict, round_: int) -> None:
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["optim"])
+
     def drain(self) -> tuple[list, dict, dict]:
         return [], self.meter.drain(), {}
 

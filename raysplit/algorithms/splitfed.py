@@ -174,6 +174,15 @@ class SplitFedServer(SegmentServer):
     def global_client_weights(self) -> dict | None:
         return self.client_global
 
+    def state(self) -> dict:
+        """At a round boundary (copies and sums are empty then)."""
+        return {"store": self.store.state(), "client_global": self.client_global}
+
+    def load_state(self, state: dict) -> None:
+        state = self.host.receive(state)
+        self.store.load(state["store"])
+        self.client_global = state["client_global"]
+
 
 class SplitFed(SplitNN):
     """SplitFed v1 / v2 (``splitfed``): parallel rounds of split learning with federated averaging."""

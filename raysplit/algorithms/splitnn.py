@@ -9,7 +9,8 @@ import ray
 import torch
 
 from raysplit.accounting import receive
-from raysplit.algorithms.base import Plan, TrainStats, compose, drain_hosts, gather_stats, install
+from raysplit.algorithms.base import (Plan, TrainStats, compose, drain_hosts, gather_stats, host_states, install,
+                                      load_host_states)
 from raysplit.data import batches
 from raysplit.engine import SEGMENTS, SegmentServer, party_id
 from raysplit.runtime import Hosts, connect, start_hosts, stop_hosts
@@ -67,6 +68,7 @@ class SplitNN:
 
     def start(self) -> None:
         p = self.plan
+        self.state_ref = None
         connect(self.cfg.runtime.address)
         self.hosts = start_hosts(self.cfg, p.topology, p.modules, p.dataset.train_x, p.dataset.train_y,
                                  p.client_indices, self.capture, p.holder_ids, plugins=p.plugins)
@@ -93,6 +95,17 @@ class SplitNN:
 
     def drain(self) -> tuple[list, dict, dict]:
         return drain_hosts(self.hosts)
+
+    def state(self) -> dict:
+        """Every host's segments and optimizers, and the hand-off in flight to the next round's first client."""
+        handoff = receive(ray.get(self.state_ref)) if self.state_ref is not None else None
+        return {"hosts": host_states(self.hosts, SEGMENTS), "handoff": handoff}
+
+    def restore(self, state: dict, round_: int) -> None:
+        """Continue at the start of ``round_`` from ``state`` (hosts just started)."""
+        load_host_states(self.hosts, SEGMENTS, state["hosts"])
+        self.state_ref = None if state["handoff"] is None else ray.put(state["handoff"])
+        self.order = client_order(self.cfg, round_)
 
     def model(self) -> ComposedNet:
         states = dict(receive(ray.get(self.state_ref)["model"])) if self.state_ref is not None else {}

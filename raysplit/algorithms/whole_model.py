@@ -17,7 +17,8 @@ import ray
 import torch
 from torch import nn
 
-from raysplit.algorithms.base import Plan, TrainStats, drain_hosts, gather_stats, install
+from raysplit.algorithms.base import (Plan, TrainStats, drain_hosts, gather_stats, host_states, install,
+                                      load_host_states)
 from raysplit.averaging import WeightedSums
 from raysplit.data import batches
 from raysplit.engine import detached_state, make_optimizer, party_id
@@ -35,6 +36,12 @@ class WholeModelProgram:
 
     def whole_state(self) -> dict[str, torch.Tensor]:
         return detached_state(self.whole)
+
+    def state(self) -> dict:
+        return {}                       # clients keep nothing between rounds
+
+    def load_state(self, state: dict) -> None:
+        pass
 
 
 class WholeModelClient(WholeModelProgram):
@@ -114,6 +121,14 @@ class WholeModelServer(WholeModelProgram):
         self.optim = make_optimizer(self.whole.parameters(), self.training)   # large-batch SGD steps here
         self._uploads, self._upload_samples = WeightedSums(), 0   # what the clients sent this round / step
 
+    def state(self) -> dict:
+        return {"whole": self.whole_state(), "optim": self.optim.state_dict()}
+
+    def load_state(self, state: dict) -> None:
+        state = self.host.receive(state)
+        self.whole.load_state_dict(state["whole"])
+        self.optim.load_state_dict(state["optim"])
+
     def send_global(self, clock, clients: list[int]) -> dict:
         """The global weights go to each listed client (one ledger entry each; one object to read)."""
         self.host.ledger.round, self.host.ledger.step = clock
@@ -183,6 +198,12 @@ class WholeModelAlgorithm:
 
     def drain(self) -> tuple[list, dict, dict]:
         return drain_hosts(self.hosts)
+
+    def state(self) -> dict:
+        return {"hosts": host_states(self.hosts, WHOLE)}
+
+    def restore(self, state: dict, round_: int) -> None:
+        load_host_states(self.hosts, WHOLE, state["hosts"])
 
     def model(self) -> ComposedNet:
         net = ComposedNet(self.plan.topology, copy.deepcopy(self.plan.modules))

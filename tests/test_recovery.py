@@ -1,0 +1,143 @@
+"""Runs that survive failure (issue: runs that survive failure): results written as the run goes, the trained
+model saved, a party host killed mid-round recovered with bitwise the same results, the driver killed and
+resumed, SIGTERM stopping cleanly."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import small_config
+from raysplit.errors import PartyLost
+from raysplit.experiment import load_model, run
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PLUGINS = "recovery_plugins:"
+
+
+def same_results(a, b) -> None:
+    """Metrics (all columns but wall time), ledger and final parameters bitwise equal."""
+    def metrics(m):
+        return m.drop(columns=[c for c in m.columns if c.startswith("wall_s")])
+    pd.testing.assert_frame_equal(metrics(a.metrics), metrics(b.metrics), check_exact=True)
+    pd.testing.assert_frame_equal(a.ledger, b.ledger, check_exact=True)
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+SCENARIOS = {
+    "splitnn-worker": ([], "worker0"),
+    "splitnn-server": ([], "server"),
+    "splitfed-v1-worker": (["algorithm=splitfed"], "worker0"),
+    "fedavg-worker": (["algorithm=fedavg"], "worker0"),
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_a_party_host_killed_mid_round_is_recovered_bitwise(ray_session, tmp_path, scenario):
+    sets, target = SCENARIOS[scenario]
+    base = [*sets, "training.rounds=3"]
+    reference = run(small_config(*base), progress=False, write=False)
+    killer = f"plugins=[{{name: '{PLUGINS}KillHostAt', target: {target}, marker: '{tmp_path / 'killed'}'}}]"
+    recovered = run(small_config(*base, killer), progress=False, write=False)
+    assert (tmp_path / "killed").exists(), "the host must have been killed"
+    same_results(recovered, reference)
+
+
+def test_lost_parties_beyond_max_failures_stop_with_one_line(ray_session):
+    killer = f"plugins=[{{name: '{PLUGINS}KillHostAt', target: worker0, at_round: 0, after: 1}}]"  # every time
+    with pytest.raises(PartyLost, match=r"party host worker0 died in round 1; lost so far: worker0 \(2x\); more than "
+                                        r"runtime.max_failures=1"):
+        run(small_config(killer, "runtime.max_failures=1"), progress=False, write=False)
+
+
+def test_results_are_written_each_round_and_the_model_is_saved(ray_session, tmp_path):
+    # a run stopped in round 2 (while evaluating it): round 1's tables are there and readable
+    out = tmp_path / "failing"
+    bad = f"plugins=[{{name: '{PLUGINS}SignalDriverAt', at_round: 1, signum: {int(signal.SIGINT)}}}]"
+    with pytest.raises(KeyboardInterrupt) as info:
+        run(small_config(bad, "training.rounds=3"), out_dir=out, progress=False)
+    partial = info.value.partial
+    assert partial.name == ".failing.partial" and not out.exists()
+    m = pd.read_csv(partial / "metrics.csv")
+    assert m["round"].tolist() == [1] and m["test_acc"].notna().all()
+    assert pd.read_csv(partial / "ledger.csv")["round"].unique().tolist() == [1]
+    assert sorted(p.name for p in (partial / "checkpoints").iterdir()) == ["round-1"]
+    # a finished run: the trained network, loadable with torch, equals the one evaluated
+    result = run(small_config(), out_dir=tmp_path / "ok", progress=False)
+    net = load_model(result.out_dir)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), result.model.state_dict().values()))
+    seg = torch.load(result.out_dir / "model" / "s0.pt", weights_only=True)
+    assert torch.equal(seg["conv1.weight"], result.model.segs["s0"].conv1.weight)
+    # re-running into the interrupted run's directory refuses and points at --resume
+    from raysplit.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"raysplit run --resume .*\.failing\.partial"):
+        run(small_config(), out_dir=out, progress=False)
+
+
+def _cli(*args, **kw):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-m", "raysplit.cli", *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, **kw)
+
+
+def _session_processes(sid: int) -> list[int]:
+    """Processes still alive in session ``sid`` (the run's driver and the Ray it started)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+SMALL = ["--set", "data.dataset=synthetic", "--set", "data.synthetic_samples=96", "--set", "data.num_clients=3",
+         "--set", "data.synthetic_shape=[1,8,8]", "--set", "model.cut_layers=[pool1]", "--set", "training.rounds=3",
+         "--set", "training.batch_size=16", "--set", "runtime.worker.num_cpus=0.5", "--set", "runtime.server.num_cpus=0.5",
+         "--quiet"]
+
+
+def test_driver_killed_then_resumed_equals_an_uninterrupted_run(tmp_path):
+    marker = tmp_path / "killed"
+    plugin = ["--set", f"plugins=[{{name: '{PLUGINS}SignalDriverAt', at_round: 1, signum: 9, marker: '{marker}'}}]"]
+    killed = _cli("run", "experiments/vanilla_fmnist.yaml", *SMALL, *plugin, "--out", str(tmp_path / "a"))
+    killed.communicate(timeout=300)
+    assert killed.returncode == -signal.SIGKILL and marker.exists()
+    for pid in _session_processes(killed.pid):          # the Ray the killed driver started
+        os.kill(pid, signal.SIGKILL)
+    partial = tmp_path / ".a.partial"
+    assert (partial / "checkpoints" / "round-1").is_dir()
+    resumed = _cli("run", "--resume", str(partial), "--quiet")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    plain = _cli("run", "experiments/vanilla_fmnist.yaml", *SMALL, *plugin, "--out", str(tmp_path / "b"))
+    _, err = plain.communicate(timeout=300)
+    assert plain.returncode == 0, err
+    a, b = pd.read_csv(tmp_path / "a" / "metrics.csv"), pd.read_csv(tmp_path / "b" / "metrics.csv")
+    assert a["round"].tolist() == [1, 2, 3]
+    walls = [c for c in a.columns if c.startswith("wall_s")]
+    pd.testing.assert_frame_equal(a.drop(columns=walls), b.drop(columns=walls), check_exact=True)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a" / "ledger.csv"), pd.read_csv(tmp_path / "b" / "ledger.csv"))
+    na, nb = load_model(tmp_path / "a"), load_model(tmp_path / "b")
+    assert all(torch.equal(x, y) for x, y in zip(na.state_dict().values(), nb.state_dict().values()))
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["rounds"] == 3
+
+
+def test_sigterm_stops_cleanly_with_the_resume_command(tmp_path):
+    plugin = ["--set", f"plugins=[{{name: '{PLUGINS}SignalDriverAt', at_round: 0, signum: {int(signal.SIGTERM)}}}]"]
+    p = _cli("run", "experiments/vanilla_fmnist.yaml", *SMALL, *plugin, "--out", str(tmp_path / "a"))
+    _, err = p.communicate(timeout=300)
+    lines = [line for line in err.splitlines() if line.startswith("raysplit:")]
+    assert p.returncode == 143, err
+    assert lines == [f"raysplit: interrupted (SIGTERM); continue with: raysplit run --resume {tmp_path / '.a.partial'}"]
+    assert "Traceback" not in err
+    assert _session_processes(p.pid) == [], "no process of the run (driver or Ray) is left behind"
