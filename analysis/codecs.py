@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from raysplit.errors import RaysplitError  # noqa: E402
@@ -63,6 +64,9 @@ def plot(table: pd.DataFrame, title: str) -> plt.Figure:
         ax.plot(m["client_gb_per_client_cum"], m["test_acc"] * 100, marker="o",
                 label=f"{row.variant} ({row.bytes_vs_none:.2f}x bytes)")
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 3, 5)))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("cumulative data sent + received per client (GB, log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
