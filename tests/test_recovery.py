@@ -141,3 +141,13 @@ def test_sigterm_stops_cleanly_with_the_resume_command(tmp_path):
     assert lines == [f"raysplit: interrupted (SIGTERM); continue with: raysplit run --resume {tmp_path / '.a.partial'}"]
     assert "Traceback" not in err
     assert _session_processes(p.pid) == [], "no process of the run (driver or Ray) is left behind"
+
+
+def test_an_unreachable_address_is_one_line_at_once(tmp_path):
+    p = _cli("run", "experiments/vanilla_fmnist.yaml", *SMALL, "--address", "127.0.0.1:9", "--out", str(tmp_path / "a"))
+    _, err = p.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line.startswith("raysplit:")]
+    assert p.returncode == 2 and len(lines) == 1, err
+    assert lines[0].startswith("raysplit: error: runtime.address: '127.0.0.1:9' is not allowed; expected the address "
+                               "of a running Ray cluster, reachable from here (no answer from 127.0.0.1:9")
+    assert not (tmp_path / "a").exists() and not (tmp_path / ".a.partial").exists()
