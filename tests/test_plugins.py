@@ -188,3 +188,21 @@ def test_bad_plugin_options_are_one_line_errors():
         small_config("plugins=[{name: test_projection_penalty, beta: 1}]")
     with pytest.raises(ConfigError, match=r"^plugins\[0\]\.name: 'nopeek2' .*one of compression"):
         small_config("plugins=[{name: nopeek2}]")
+
+
+def test_codecs_command_compares_the_codec_settings(tmp_path):
+    from test_cli import SMALL, raysplit
+
+    out = tmp_path / "codecs"
+    p = raysplit("codecs", "experiments/compression_fmnist.yaml", *SMALL, "--set", "training.rounds=1", "--out", str(out),
+                 "--quiet")
+    assert p.returncode == 0, p.stderr
+    import pandas as pd
+    table = pd.read_csv(out / "codecs.csv")
+    assert table["variant"].tolist() == ["none", "float16", "int8", "int8 + top-k gradients", "top-k"]
+    gb = dict(zip(table["variant"], table["client_gb_per_client"]))
+    assert gb["top-k"] < gb["int8"] < gb["float16"] < gb["none"]
+    assert (out / "accuracy_vs_client_gb.png").stat().st_size > 10_000
+    for run_dir in table["run"]:
+        led = pd.read_csv(f"{run_dir}/ledger.csv")
+        assert (led["bytes"] <= led["raw_bytes"]).all()
