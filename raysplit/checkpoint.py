@@ -14,7 +14,6 @@ import io
 import json
 import os
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,9 +32,8 @@ class Checkpoints:
         self.dir, self.keep = directory, keep
         self._last: bytes | None = None        # the newest, serialized: an exact copy kept in memory
 
-    def save(self, ck: Checkpoint) -> dict:
-        """Write ``ck``; returns {"seconds", "bytes"} (what checkpointing costs)."""
-        t0 = time.perf_counter()
+    def save(self, ck: Checkpoint) -> int:
+        """Write ``ck``; returns its size in bytes."""
         buf = io.BytesIO()
         torch.save({"round": ck.round, "state": ck.state, "results": ck.results}, buf)
         self._last = buf.getvalue()
@@ -49,7 +47,7 @@ class Checkpoints:
             os.replace(tmp, final)
             for old in self.rounds()[: -self.keep]:
                 shutil.rmtree(self.dir / f"round-{old}", ignore_errors=True)
-        return {"seconds": time.perf_counter() - t0, "bytes": buf.tell()}
+        return buf.tell()
 
     def rounds(self) -> list[int]:
         if self.dir is None or not self.dir.is_dir():

@@ -265,8 +265,9 @@ class _Run:
                 for df, name in zip(_tables(self.results), ("metrics.csv", "ledger.csv", "flops.csv")):
                     _write_csv(df, self.tmp / name)
             if self.done % cfg.runtime.checkpoint_every == 0 or self.done == rounds:
-                cost = self.checkpoints.save(Checkpoint(self.done, self.algo.state(), self.results))
-                log.info("checkpoint after round %d: %.2fs, %.1f MB", self.done, cost["seconds"], cost["bytes"] / 1e6)
+                t0 = time.perf_counter()        # the cost of a checkpoint: gathering the state and writing it
+                nbytes = self.checkpoints.save(Checkpoint(self.done, self.algo.state(), self.results))
+                log.info("checkpoint after round %d: %.2fs, %.1f MB", self.done, time.perf_counter() - t0, nbytes / 1e6)
             bar.update(1)
             bar.set_postfix(test_acc=f"{row['test_acc']:.4f}")
             log.info("round %d/%d: test_acc=%.4f train_loss=%.4f client TFLOPs/client=%.4g client GB/client=%.4g "
