@@ -144,6 +144,16 @@ class CompressionConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    """Defences and leakage measures (privacy.py), as plug-ins; 0 / null: off."""
+    nopeek: float = _rule(default=0.0, **non_negative)            # alpha: the data holder adds alpha * DCOR(X, Z)
+    activation_noise: float = _rule(default=0.0, **non_negative)  # sigma of Gaussian noise on cut activations
+    gradient_noise: float = _rule(default=0.0, **non_negative)    # ... and on cut gradients
+    clip: Optional[float] = _rule(default=None, **positive)       # clip each sample's row to this L2 norm first
+    leakage_probe: int = _rule(default=0, **non_negative)         # DCOR(X, Z) each evaluated round on this many samples
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     seed: int = 0
@@ -161,6 +171,7 @@ class ExperimentConfig:
     vertical: VerticalConfig = field(default_factory=VerticalConfig)
     multi_task: MultiTaskConfig = field(default_factory=MultiTaskConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     # further plug-ins, in order: [{name: a registered plug-in or package.module:Class, <its options>}]
     plugins: list[dict] = field(default_factory=list)
     output_dir: Optional[str] = None      # default results/<name>-<timestamp>

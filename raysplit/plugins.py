@@ -144,10 +144,12 @@ def merge_metrics(parts: list[dict[str, tuple[float, float]]]) -> dict[str, floa
 
 
 def build_plugins(cfg) -> list[Plugin]:
-    """The config's plug-ins: cut-layer compression (its own section), then ``plugins:`` in order."""
+    """The config's plug-ins: privacy defences and measures, cut-layer compression (their own sections, in that
+    order: noise is added before encoding), then ``plugins:`` in order."""
     from raysplit.compression import compression_plugin
+    from raysplit.privacy import privacy_plugins
 
-    out = [p for p in [compression_plugin(cfg.compression)] if p is not None]
+    out = privacy_plugins(cfg.privacy, cfg.seed) + [p for p in [compression_plugin(cfg.compression)] if p is not None]
     for i, spec in enumerate(cfg.plugins):
         where = f"plugins[{i}]"
         if not isinstance(spec, dict) or "name" not in spec:

@@ -107,11 +107,16 @@ class ComposedNet(nn.Module):
         self.topology = topology
         self.segs = nn.ModuleDict(segments)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def values(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every segment's output on a batch of raw inputs."""
         vals: dict[str, torch.Tensor] = {}
         for s in self.topology.segments:
             ins = [self.topology.view(s.owner, x) if i == INPUT else vals[i] for i in s.inputs]
             vals[s.name] = self.segs[s.name](*ins)
+        return vals
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        vals = self.values(x)
         return {s.task: vals[s.name] for s in self.topology.heads}
 
 

@@ -12,8 +12,9 @@ from raysplit.algorithms.base import Plan, merge_stats
 from raysplit.data import batches
 from raysplit.engine import make_optimizer
 from raysplit.host import configure_torch
+from raysplit.plugins import Plugins
 from raysplit.runtime import threads_for
-from raysplit.topology import ComposedNet
+from raysplit.topology import INPUT, ComposedNet
 
 
 class Centralized:
@@ -25,6 +26,7 @@ class Centralized:
         self.plan, self.cfg = plan, plan.cfg
         self.net = ComposedNet(plan.topology, copy.deepcopy(plan.modules))
         self.meter = FlopMeter()
+        self.plugins = Plugins(copy.deepcopy(plan.plugins))
 
     def start(self) -> None:
         configure_torch(threads_for(self.cfg.runtime.worker), self.cfg.runtime.deterministic)
@@ -34,10 +36,18 @@ class Centralized:
     def train_batch(self, idx: np.ndarray) -> dict:
         ds, topo = self.plan.dataset, self.plan.topology
         x, y = torch.from_numpy(ds.train_x[idx]), torch.from_numpy(ds.train_y[idx])
-        outs = self.net(x)
+        vals = self.net.values(x)
+        outs = {s.task: vals[s.name] for s in topo.heads}
         losses = {task: nn.functional.cross_entropy(out, topo.labels(task, y)) for task, out in outs.items()}
+        loss = sum(losses.values())
+        for s in topo.segments:             # the data holders' extra losses (plug-ins), as split training adds them
+            if INPUT in s.inputs and not s.task and self.plugins.losses:
+                extra, bwd = self.plugins.client_loss(self.meter, self.PARTY, topo.view(s.owner, x), vals[s.name])
+                if extra is not None:
+                    loss = loss + extra
+                    self.meter.add(self.PARTY, "backward", bwd)
         self.opt.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
+        loss.backward()
         self.opt.step()
         self.meter.forward(self.PARTY, "net", self.net, [x], False)
         self.meter.backward(self.PARTY, "net", self.net, [x], False)

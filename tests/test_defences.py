@@ -1,0 +1,78 @@
+"""Privacy measures and defences as plug-ins: distance correlation, the per-round leakage measure, NoPeek
+(with the equivalence oracle still holding), Gaussian noise on what crosses the cut."""
+import math
+
+import pytest
+import torch
+
+from conftest import max_param_diff, small_config, train_with
+from raysplit.algorithms import Centralized, SplitNN
+from raysplit.errors import ConfigError
+from raysplit.experiment import prepare, run
+from raysplit.privacy import distance_correlation
+
+
+def dcor_by_definition(xs, zs) -> float:
+    """Székely's sample distance correlation, written out with loops (an independent implementation)."""
+    n = len(xs)
+
+    def centered(v):
+        d = [[math.dist(v[i], v[j]) for j in range(n)] for i in range(n)]
+        row = [sum(r) / n for r in d]
+        grand = sum(row) / n
+        return [[d[i][j] - row[i] - row[j] + grand for j in range(n)] for i in range(n)]
+
+    a, b = centered(xs), centered(zs)
+    mean = lambda f: sum(f(i, j) for i in range(n) for j in range(n)) / n ** 2  # noqa: E731
+    dcov2, va, vb = mean(lambda i, j: a[i][j] * b[i][j]), mean(lambda i, j: a[i][j] ** 2), mean(lambda i, j: b[i][j] ** 2)
+    return math.sqrt(dcov2 / math.sqrt(va * vb))
+
+
+def test_distance_correlation_by_hand_and_its_properties():
+    xs, zs = [[0.0, 1.0], [1.0, 0.0], [2.0, 2.0], [4.0, 1.0]], [[1.0], [0.0], [3.0], [2.0]]
+    got = float(distance_correlation(torch.tensor(xs, dtype=torch.float64), torch.tensor(zs, dtype=torch.float64)))
+    assert got == pytest.approx(dcor_by_definition(xs, zs), abs=1e-6)   # 1e-12 under the root keeps gradients finite
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 1, 4, 4, generator=g)
+    rotation = torch.linalg.qr(torch.randn(16, 16, generator=g)).Q
+    assert float(distance_correlation(x, 3 * x.flatten(1) @ rotation + 1)) == pytest.approx(1.0, abs=1e-5)
+    assert float(distance_correlation(x, -2 * x + 5)) == pytest.approx(1.0, abs=1e-5)
+    independent = float(distance_correlation(x, torch.randn(512, 8, generator=g)))
+    assert independent < 0.2 and float(distance_correlation(x, x ** 2)) > 2 * independent
+
+
+def test_nopeek_keeps_the_equivalence_oracle(ray_session):
+    """The unsplit reference gets the same NoPeek term: one client, the same batches, parameters within 1e-5."""
+    plan = prepare(small_config("data.num_clients=1", "privacy.nopeek=0.5"))
+    split = train_with(SplitNN, plan)
+    assert max_param_diff(split, train_with(Centralized, plan)) <= 1e-5
+    plain = train_with(SplitNN, prepare(small_config("data.num_clients=1")))
+    assert max_param_diff(split, plain) > 1e-4, "NoPeek must change training"
+
+
+def test_nopeek_lowers_the_measured_leakage_and_sends_nothing_more(ray_session):
+    m0 = run(small_config("privacy.leakage_probe=64"), progress=False, write=False)
+    m1 = run(small_config("privacy.leakage_probe=64", "privacy.nopeek=3"), progress=False, write=False)
+    assert 0 < m1.metrics["dcor_s0"].iloc[-1] < m0.metrics["dcor_s0"].iloc[-1]
+    assert m0.ledger["bytes"].sum() == m1.ledger["bytes"].sum()       # measuring adds no bytes
+    assert m1.metrics["client_flops"].sum() > m0.metrics["client_flops"].sum()   # the defence's compute is metered
+
+
+def test_gaussian_noise_is_seeded_by_the_message_not_the_hosting(ray_session):
+    noisy = "privacy.activation_noise=0.5"
+    a = run(small_config(noisy, "privacy.gradient_noise=0.01", "privacy.clip=20"), progress=False, write=False)
+    b = run(small_config(noisy, "privacy.gradient_noise=0.01", "privacy.clip=20", "runtime.workers=2"),
+            progress=False, write=False)
+    plain = run(small_config(), progress=False, write=False)
+    cols = ["test_acc", "test_loss", "train_loss"]
+    assert a.metrics[cols].equals(b.metrics[cols])
+    assert not a.metrics[cols].equals(plain.metrics[cols])
+    assert a.ledger["bytes"].sum() == plain.ledger["bytes"].sum()
+
+
+@pytest.mark.parametrize("setting", ["privacy.nopeek=-0.1", "privacy.activation_noise=-1", "privacy.clip=0",
+                                     "privacy.leakage_probe=-5"])
+def test_bad_privacy_settings_are_one_line_errors(setting):
+    field = setting.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{field}: "):
+        small_config(setting)
