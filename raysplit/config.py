@@ -151,6 +151,7 @@ class PrivacyConfig:
     gradient_noise: float = _rule(default=0.0, **non_negative)    # ... and on cut gradients
     clip: Optional[float] = _rule(default=None, **positive)       # clip each sample's row to this L2 norm first
     leakage_probe: int = _rule(default=0, **non_negative)         # DCOR(X, Z) each evaluated round on this many samples
+    label_epsilon: Optional[float] = _rule(default=None, **positive)  # labels sent to the server: randomized response
 
 
 @dataclass

@@ -53,7 +53,10 @@ def prepare(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Plan:
     ``dataset``: already loaded for this config's ``data`` and ``seed`` (``raysplit compare`` loads it once)."""
     dataset = dataset or load_dataset(cfg.data, cfg.seed)
     topology, modules = build_topology(cfg, dataset.input_shape, dataset.num_classes)
-    plugins = build_plugins(cfg)
+    plugins = build_plugins(cfg, dataset.num_classes)
+    if cfg.privacy.label_epsilon is not None and all(topology.label_holders[s.task] == s.owner for s in topology.heads):
+        raise ConfigError("privacy.label_epsilon", cfg.privacy.label_epsilon,
+                          f"null for topology {cfg.topology}: its labels never leave their holder")
     if cfg.topology != "vertical":
         return Plan(cfg, dataset, topology, modules, partition(dataset.train_y, cfg.data, cfg.seed), plugins=plugins)
     # vertical: one sample space, each holder holding its features of the same samples (checked by id)

@@ -143,13 +143,15 @@ def merge_metrics(parts: list[dict[str, tuple[float, float]]]) -> dict[str, floa
     return {k: s / w if w else float("nan") for k, (s, w) in acc.items()}
 
 
-def build_plugins(cfg) -> list[Plugin]:
+def build_plugins(cfg, num_classes: int | None = None) -> list[Plugin]:
     """The config's plug-ins: privacy defences and measures, cut-layer compression (their own sections, in that
-    order: noise is added before encoding), then ``plugins:`` in order."""
+    order: noise is added before encoding), then ``plugins:`` in order. ``num_classes``: the data set's (known
+    once it is loaded; label DP needs it)."""
     from raysplit.compression import compression_plugin
     from raysplit.privacy import privacy_plugins
 
-    out = privacy_plugins(cfg.privacy, cfg.seed) + [p for p in [compression_plugin(cfg.compression)] if p is not None]
+    out = privacy_plugins(cfg.privacy, cfg.seed, num_classes)
+    out += [p for p in [compression_plugin(cfg.compression)] if p is not None]
     for i, spec in enumerate(cfg.plugins):
         where = f"plugins[{i}]"
         if not isinstance(spec, dict) or "name" not in spec:

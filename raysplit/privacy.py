@@ -8,13 +8,19 @@
   The simulator measures it on the driver: it sends nothing and adds no bytes to the ledger.
 - ``NoPeek`` (defence, Vepakomma et al.): the data holder adds alpha · DCOR(X, Z) to its loss.
 - ``GaussianNoise`` (defence): noise of std sigma on the cut activations and/or gradients as they are sent,
-  each sample's row first clipped to an L2 norm if asked. Seeded by (seed, round, step, sender,
-  receiver), so it does not depend on which actor hosts whom.
+  each sample's row first clipped to an L2 norm if asked.
+- ``LabelDP`` (defence): labels a data holder sends (vanilla) pass through randomized response: each is
+  kept with probability e^eps / (e^eps + K - 1), else replaced by one of the K - 1 others uniformly
+  (eps-label differential privacy).
+
+Random defences are seeded by (seed, round, step, sender, receiver, kind), so they do not depend on which
+actor hosts whom.
 
 The config's ``privacy:`` section builds them (``privacy_plugins``); they are also registered by name.
 """
 from __future__ import annotations
 
+import math
 import zlib
 
 import numpy as np
@@ -88,21 +94,48 @@ class GaussianNoise(Plugin):
             norms = payload.flatten(1).norm(dim=1).clamp(min=1e-12)
             payload = payload * (self.clip / norms).clamp(max=1.0).reshape(-1, *[1] * (payload.dim() - 1))
         if sigma:
-            led = self.host.ledger
-            key = f"{self.seed}/{led.round}/{led.step}/{src}/{dst}/{kind}".encode()
-            gen = torch.Generator(device="cpu").manual_seed(zlib.crc32(key))
-            noise = torch.randn(payload.shape, generator=gen, dtype=payload.dtype)
+            noise = torch.randn(payload.shape, generator=message_generator(self, src, dst, kind), dtype=payload.dtype)
             payload = payload + sigma * noise.to(payload.device)
         return payload
 
 
-def privacy_plugins(cfg, seed: int) -> list[Plugin]:
-    """The config's ``privacy:`` section as plug-ins (none when everything is off)."""
+def message_generator(plugin: Plugin, src: str, dst, kind: str) -> torch.Generator:
+    """A random stream of its own for one message: the same whatever actor sends it."""
+    led = plugin.host.ledger
+    key = f"{plugin.seed}/{led.round}/{led.step}/{src}/{dst}/{kind}".encode()
+    return torch.Generator(device="cpu").manual_seed(zlib.crc32(key))
+
+
+@PLUGINS.register("label_dp")
+class LabelDP(Plugin):
+    def __init__(self, epsilon: float, num_classes: int, seed: int = 0):
+        self.epsilon, self.num_classes, self.seed = epsilon, num_classes, seed
+
+    def keep_probability(self) -> float:
+        e = math.exp(self.epsilon)
+        return e / (e + self.num_classes - 1)
+
+    def on_send(self, src, dst, kind, payload):
+        if kind != "labels" or not isinstance(payload, torch.Tensor):
+            return payload
+        gen = message_generator(self, src, dst, kind)
+        keep = torch.rand(payload.shape, generator=gen) < self.keep_probability()
+        # another label, uniformly: shift by 1..K-1
+        shift = torch.randint(1, self.num_classes, payload.shape, generator=gen)
+        flipped = (payload.cpu() + shift) % self.num_classes
+        return torch.where(keep, payload.cpu(), flipped).to(payload.device, payload.dtype)
+
+
+def privacy_plugins(cfg, seed: int, num_classes: int | None = None) -> list[Plugin]:
+    """The config's ``privacy:`` section as plug-ins (none when everything is off). Label DP needs the number
+    of classes: until the data set is loaded (config checks) it is left out."""
     out: list[Plugin] = []
     if cfg.nopeek:
         out.append(NoPeek(cfg.nopeek))
     if cfg.activation_noise or cfg.gradient_noise or cfg.clip:
         out.append(GaussianNoise(cfg.activation_noise, cfg.gradient_noise, cfg.clip, seed))
+    if cfg.label_epsilon is not None and num_classes is not None:
+        out.append(LabelDP(cfg.label_epsilon, num_classes, seed))
     if cfg.leakage_probe:
         out.append(Leakage(cfg.leakage_probe, seed))
     return out

@@ -72,8 +72,38 @@ def test_gaussian_noise_is_seeded_by_the_message_not_the_hosting(ray_session):
 
 
 @pytest.mark.parametrize("setting", ["privacy.nopeek=-0.1", "privacy.activation_noise=-1", "privacy.clip=0",
-                                     "privacy.leakage_probe=-5"])
+                                     "privacy.leakage_probe=-5", "privacy.label_epsilon=0"])
 def test_bad_privacy_settings_are_one_line_errors(setting):
     field = setting.split("=")[0]
     with pytest.raises(ConfigError, match=rf"^{field}: "):
         small_config(setting)
+
+
+def test_label_dp_flips_labels_at_the_rate_its_epsilon_gives():
+    import math
+    from raysplit.privacy import LabelDP
+
+    class Host:
+        class ledger:
+            round, step = 0, 0
+    dp = LabelDP(epsilon=1.0, num_classes=10)
+    dp.setup(Host())
+    y = torch.arange(10).repeat(2000)
+    sent = dp.on_send("client/0", "server", "labels", y)
+    kept = float((sent == y).float().mean())
+    assert kept == pytest.approx(math.e / (math.e + 9), abs=0.02)
+    assert sent.dtype == y.dtype and int(sent.min()) >= 0 and int(sent.max()) <= 9
+    assert torch.equal(sent, dp.on_send("client/0", "server", "labels", y))         # seeded by the message
+    assert dp.on_send("client/0", "server", "activation", y.float()).equal(y.float())  # only labels
+
+
+def test_label_dp_where_no_labels_cross_is_refused():
+    with pytest.raises(ConfigError, match=r"^privacy.label_epsilon: 1.0 .*null for topology u_shaped: its labels never"):
+        prepare(small_config("topology=u_shaped", "model.cut_layers=[pool1,relu3]", "privacy.label_epsilon=1"))
+
+
+def test_label_dp_in_a_run(ray_session):
+    plain = run(small_config(), progress=False, write=False)
+    dp = run(small_config("privacy.label_epsilon=0.5"), progress=False, write=False)
+    assert not plain.metrics["train_loss"].equals(dp.metrics["train_loss"])
+    assert plain.ledger.equals(dp.ledger)                                   # the same bytes cross
