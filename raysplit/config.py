@@ -155,6 +155,15 @@ class PrivacyConfig:
 
 
 @dataclass
+class AttacksConfig:
+    """Attacks on what crosses the cut (attacks.py), reported in metrics.csv and as pictures."""
+    model_inversion: bool = False         # the server reconstructs client inputs from their cut activations
+    aux_samples: int = _rule(default=1024, **positive)   # the attacker's auxiliary training samples
+    targets: int = _rule(default=8, **positive)          # held-out client samples it reconstructs (the grid)
+    decoder_epochs: int = _rule(default=10, **positive)
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     seed: int = 0
@@ -173,6 +182,7 @@ class ExperimentConfig:
     multi_task: MultiTaskConfig = field(default_factory=MultiTaskConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    attacks: AttacksConfig = field(default_factory=AttacksConfig)
     # further plug-ins, in order: [{name: a registered plug-in or package.module:Class, <its options>}]
     plugins: list[dict] = field(default_factory=list)
     output_dir: Optional[str] = None      # default results/<name>-<timestamp>

@@ -41,7 +41,7 @@ from raysplit.checkpoint import Checkpoint, Checkpoints
 from raysplit.config import ExperimentConfig, holder_names
 from raysplit.data import Dataset, aligned_sample_ids, load_dataset, partition
 from raysplit.errors import ConfigError, PartyLost
-from raysplit.plugins import build_plugins
+from raysplit.plugins import DriverContext, Plugins, build_plugins
 from raysplit.runtime import dead_hosts
 from raysplit.topology import ComposedNet, build_topology
 
@@ -54,6 +54,9 @@ def prepare(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Plan:
     dataset = dataset or load_dataset(cfg.data, cfg.seed)
     topology, modules = build_topology(cfg, dataset.input_shape, dataset.num_classes)
     plugins = build_plugins(cfg, dataset.num_classes)
+    if cfg.attacks.model_inversion and cfg.algorithm in ("fedavg", "large_batch_sgd", "centralized"):
+        raise ConfigError("attacks.model_inversion", True, f"false for algorithm {cfg.algorithm}: no cut "
+                          "activations cross a party boundary, so there is nothing to invert")
     if cfg.privacy.label_epsilon is not None and all(topology.label_holders[s.task] == s.owner for s in topology.heads):
         raise ConfigError("privacy.label_epsilon", cfg.privacy.label_epsilon,
                           f"null for topology {cfg.topology}: its labels never leave their holder")
@@ -204,6 +207,7 @@ class _Run:
         self.model: ComposedNet | None = None
         self.done = 0                                   # rounds completed
         self.failures: Counter = Counter()
+        self.driver_plugins = Plugins(plan.plugins)     # the driver's copies: for evaluate and attacks' views
 
     def restore_latest(self) -> None:
         """Continue from the newest checkpoint (hosts just started), or from the start without one."""
@@ -225,7 +229,9 @@ class _Run:
         if (r + 1) % cfg.runtime.eval_every == 0 or r == cfg.training.rounds - 1:
             self.model = algo.model()
             test = evaluate(self.model, plan.dataset.test_x, plan.dataset.test_y)
+            context = DriverContext(r + 1, self.tmp, self.driver_plugins)
             for p in plan.plugins:
+                p.driver = context
                 extra.update(p.evaluate(self.model, plan.dataset))
         row = round_row(r, cfg, train, test, entries, flops, wall, extra)
         self.results["rows"].append(row)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import inspect
 from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,9 +34,11 @@ PLUGINS = Registry("plug-in", "plugins")
 
 class Plugin:
     """Base class: every hook does nothing. ``self.host`` is the party host it runs on (None on the driver):
-    its ``meter`` takes FLOPs of other work a plug-in does (``meter.add(party, phase, flops)``)."""
+    its ``meter`` takes FLOPs of other work a plug-in does (``meter.add(party, phase, flops)``). On the driver,
+    before ``evaluate``: ``self.driver``, a ``DriverContext`` (round, results directory, what a party receives)."""
 
     host: Any = None
+    driver: "DriverContext | None" = None
 
     def setup(self, host) -> None:
         self.host = host
@@ -133,6 +137,23 @@ class Plugins:
         return out
 
 
+@dataclass
+class DriverContext:
+    """What a plug-in's ``evaluate`` may use on the driver."""
+    round: int                        # the round just evaluated, 1-based
+    results_dir: Path | None          # where it may write files (None when the run writes none)
+    plugins: Plugins                  # all the run's plug-ins (driver copies)
+
+    def as_received(self, src: str, dst: str, kind: str, payload: Any) -> Any:
+        """``payload`` as the receiving party would get it: through every plug-in's send and receive
+        transforms (noise, codecs), as on the one send path. For attacks that must see what crosses."""
+        parcel = Parcel(src, dst, kind, None)
+        payload = self.plugins.on_send(src, dst, kind, payload)
+        for p in self.plugins.openers:
+            payload = p.on_receive(parcel, payload)
+        return payload
+
+
 def merge_metrics(parts: list[dict[str, tuple[float, float]]]) -> dict[str, float]:
     """The hosts' per-round (sum, weight) pairs, added per column: sum / weight."""
     acc: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
@@ -144,13 +165,14 @@ def merge_metrics(parts: list[dict[str, tuple[float, float]]]) -> dict[str, floa
 
 
 def build_plugins(cfg, num_classes: int | None = None) -> list[Plugin]:
-    """The config's plug-ins: privacy defences and measures, cut-layer compression (their own sections, in that
-    order: noise is added before encoding), then ``plugins:`` in order. ``num_classes``: the data set's (known
+    """The config's plug-ins: privacy defences and measures, attacks, cut-layer compression (their own sections,
+    in that order: noise is added before encoding), then ``plugins:`` in order. ``num_classes``: the data set's (known
     once it is loaded; label DP needs it)."""
+    from raysplit.attacks import attack_plugins
     from raysplit.compression import compression_plugin
     from raysplit.privacy import privacy_plugins
 
-    out = privacy_plugins(cfg.privacy, cfg.seed, num_classes)
+    out = privacy_plugins(cfg.privacy, cfg.seed, num_classes) + attack_plugins(cfg.attacks, cfg.seed)
     out += [p for p in [compression_plugin(cfg.compression)] if p is not None]
     for i, spec in enumerate(cfg.plugins):
         where = f"plugins[{i}]"

@@ -100,9 +100,10 @@ class GaussianNoise(Plugin):
 
 
 def message_generator(plugin: Plugin, src: str, dst, kind: str) -> torch.Generator:
-    """A random stream of its own for one message: the same whatever actor sends it."""
-    led = plugin.host.ledger
-    key = f"{plugin.seed}/{led.round}/{led.step}/{src}/{dst}/{kind}".encode()
+    """A random stream of its own for one message: the same whatever actor sends it. (On the driver, for an
+    attack's view of a message: one per evaluated round.)"""
+    clock = (plugin.host.ledger.round, plugin.host.ledger.step) if plugin.host else (plugin.driver.round, "eval")
+    key = f"{plugin.seed}/{clock[0]}/{clock[1]}/{src}/{dst}/{kind}".encode()
     return torch.Generator(device="cpu").manual_seed(zlib.crc32(key))
 
 

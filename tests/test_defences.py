@@ -107,3 +107,22 @@ def test_label_dp_in_a_run(ray_session):
     dp = run(small_config("privacy.label_epsilon=0.5"), progress=False, write=False)
     assert not plain.metrics["train_loss"].equals(dp.metrics["train_loss"])
     assert plain.ledger.equals(dp.ledger)                                   # the same bytes cross
+
+
+def test_ssim_and_model_inversion(ray_session, tmp_path):
+    from raysplit.attacks import ssim
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(4, 1, 8, 8, generator=g)
+    assert ssim(x, x) == pytest.approx(1.0, abs=1e-6) and ssim(x, torch.rand(4, 1, 8, 8, generator=g)) < 0.3
+    cfg = small_config("attacks.model_inversion=true", "attacks.aux_samples=64", "attacks.decoder_epochs=30",
+                       "attacks.targets=4", "data.synthetic_samples=192")
+    m = run(cfg, out_dir=tmp_path / "inv", progress=False).metrics
+    assert (m["inversion_mse"] > 0).all() and m["inversion_ssim"].between(-1, 1).all()
+    assert (tmp_path / "inv" / "attacks" / "model_inversion_round-2.png").stat().st_size > 5_000
+    noisy = run(small_config(*[s for s in ["attacks.model_inversion=true", "attacks.aux_samples=64",
+                                           "attacks.decoder_epochs=30", "attacks.targets=4", "data.synthetic_samples=192",
+                                           "privacy.activation_noise=5"]]), progress=False, write=False).metrics
+    assert noisy["inversion_ssim"].iloc[-1] < m["inversion_ssim"].iloc[-1]   # noise on activations hides the inputs
+    with pytest.raises(ConfigError, match=r"^attacks.model_inversion: True .*false for algorithm fedavg"):
+        prepare(small_config("attacks.model_inversion=true", "algorithm=fedavg"))

@@ -1,0 +1,105 @@
+"""Attacks on what crosses the cut, as plug-ins, reported as metrics and pictures.
+
+``ModelInversion``: the party that receives a data holder's cut activations (the server in vanilla)
+trains a decoder from cut activations back to inputs on an auxiliary data set it holds (``aux_samples``
+training samples, disjoint from the targets), then reconstructs held-out client samples (``targets``) from
+their activations. Every evaluated round: ``inversion_mse`` and ``inversion_ssim`` in metrics.csv, and a
+PNG grid (originals above, reconstructions below) in ``<results>/attacks/``. The attack is run by the
+simulator on the driver with the round's client segment; the activations it sees are what the server
+receives (through the run's defences and codecs). Its compute is not metered to any party yet.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from raysplit.plugins import PLUGINS, Plugin
+from raysplit.topology import INPUT
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> float:
+    """Mean structural similarity of two batches of images (N, C, H, W), uniform window, the originals' range."""
+    c1, c2 = (0.01 * (a.max() - a.min())) ** 2, (0.03 * (a.max() - a.min())) ** 2
+    w = min(window, a.shape[-1], a.shape[-2])
+    pool = lambda t: nn.functional.avg_pool2d(t, w, stride=1)  # noqa: E731
+    mu_a, mu_b = pool(a), pool(b)
+    var_a, var_b = pool(a * a) - mu_a ** 2, pool(b * b) - mu_b ** 2
+    cov = pool(a * b) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return float(s.mean())
+
+
+def attack_plugins(cfg, seed: int) -> list[Plugin]:
+    """The config's ``attacks:`` section as plug-ins."""
+    if not cfg.model_inversion:
+        return []
+    return [ModelInversion(cfg.aux_samples, cfg.targets, cfg.decoder_epochs, seed)]
+
+
+def save_grid(originals: torch.Tensor, reconstructions: torch.Tensor, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(originals)
+    fig, axes = plt.subplots(2, n, figsize=(n * 0.9, 2.2))
+    for row, images in enumerate((originals, reconstructions)):
+        for i in range(n):
+            img = images[i].detach().cpu()
+            img = img[0] if img.shape[0] == 1 else img.permute(1, 2, 0).clamp(0, 1)
+            axes[row, i].imshow(img.numpy(), cmap="gray")
+            axes[row, i].axis("off")
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@PLUGINS.register("model_inversion")
+class ModelInversion(Plugin):
+    def __init__(self, aux_samples: int = 1024, targets: int = 8, epochs: int = 10, seed: int = 0):
+        self.aux_samples, self.targets, self.epochs, self.seed = aux_samples, targets, epochs, seed
+
+    def _decoder(self, z_numel: int, shape) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(z_numel, 256), nn.ReLU(), nn.Linear(256, int(np.prod(shape))),
+                             nn.Unflatten(1, tuple(shape)))
+
+    def evaluate(self, model, dataset) -> dict[str, float]:
+        topo = model.topology
+        seg = next(s for s in topo.segments if INPUT in s.inputs and not s.task)   # the first data holder's cut
+        order = np.random.default_rng([self.seed, 6]).permutation(len(dataset.train_y))
+        targets, aux = order[: self.targets], order[self.targets: self.targets + self.aux_samples]
+        x_aux = topo.view(seg.owner, torch.from_numpy(dataset.train_x[aux]))
+        x_t = topo.view(seg.owner, torch.from_numpy(dataset.train_x[targets]))
+        client = model.segs[seg.name]
+        with torch.no_grad():
+            was_training = client.training
+            client.eval()
+            # what the attacker observes: the activations as the consumer of the cut receives them
+            dst = topo.consumers(seg.name)[0].owner
+            z_aux, z_t = (self.driver.as_received(seg.owner, dst, "activation", client(x)) for x in (x_aux, x_t))
+            client.train(was_training)
+        with torch.random.fork_rng():                # the attack must not disturb training's randomness
+            torch.manual_seed(self.seed)
+            decoder = self._decoder(z_aux[0].numel(), x_aux.shape[1:])
+            opt = torch.optim.Adam(decoder.parameters(), lr=1e-3)
+            for _ in range(self.epochs):
+                for i in torch.randperm(len(aux)).split(128):
+                    opt.zero_grad()
+                    nn.functional.mse_loss(decoder(z_aux[i]), x_aux[i]).backward()
+                    opt.step()
+            with torch.no_grad():
+                rec = decoder(z_t)
+        out = {"inversion_mse": float(nn.functional.mse_loss(rec, x_t))}
+        if x_t.dim() == 4:
+            out["inversion_ssim"] = ssim(x_t, rec)
+            if self.driver.results_dir is not None:
+                save_grid(x_t, rec, self.driver.results_dir / "attacks" / f"model_inversion_round-{self.driver.round}.png",
+                          f"model inversion after round {self.driver.round}: originals (top), reconstructions "
+                          f"(SSIM {out['inversion_ssim']:.2f})")
+        return out
