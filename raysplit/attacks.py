@@ -1,5 +1,12 @@
 """Attacks on what crosses the cut, as plug-ins, reported as metrics and pictures.
 
+``LabelInference`` (Li et al. 2021, "Label leakage and protection in two-party split learning"): a party
+without labels that receives the gradients of its output (the U-shaped server, a vertical passive holder)
+scores each sample by the gradient's norm, and by its cosine with the gradient of one sample it knows to be
+positive; ``label_auc_norm`` and ``label_auc_direction`` in metrics.csv: the AUC of those scores for
+``positive_class`` vs the rest (0.5: nothing leaks, 1.0: the labels are read off the gradients), on a probe
+batch of training samples, with the gradients as the party receives them (through defences).
+
 ``ModelInversion``: the party that receives a data holder's cut activations (the server in vanilla)
 trains a decoder from cut activations back to inputs on an auxiliary data set it holds (``aux_samples``
 training samples, disjoint from the targets), then reconstructs held-out client samples (``targets``) from
@@ -34,9 +41,65 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> float:
 
 def attack_plugins(cfg, seed: int) -> list[Plugin]:
     """The config's ``attacks:`` section as plug-ins."""
-    if not cfg.model_inversion:
-        return []
-    return [ModelInversion(cfg.aux_samples, cfg.targets, cfg.decoder_epochs, seed)]
+    out: list[Plugin] = []
+    if cfg.model_inversion:
+        out.append(ModelInversion(cfg.aux_samples, cfg.targets, cfg.decoder_epochs, seed))
+    if cfg.label_inference:
+        out.append(LabelInference(cfg.probe, cfg.positive_class, seed))
+    return out
+
+
+def auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """Area under the ROC curve: the chance that a positive sample scores above a negative one (ties: half)."""
+    pos, neg = scores[positive], scores[~positive]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).double().mean()
+    ties = (pos[:, None] == neg[None, :]).double().mean()
+    return float(greater + 0.5 * ties)
+
+
+def gradient_receivers(topology) -> list[tuple]:
+    """(head, input segment) pairs where a party without the labels receives the gradient of its output from
+    the label holder's head: whom label inference applies to."""
+    return [(h, topology.segment(i)) for h in topology.heads if topology.label_holders[h.task] == h.owner
+            for i in h.inputs if i != INPUT and topology.segment(i).owner != h.owner]
+
+
+@PLUGINS.register("label_inference")
+class LabelInference(Plugin):
+    def __init__(self, probe: int = 256, positive_class: int = 0, seed: int = 0):
+        self.probe, self.positive_class, self.seed = probe, positive_class, seed
+
+    def evaluate(self, model, dataset) -> dict[str, float]:
+        topo = model.topology
+        rows = np.sort(np.random.default_rng([self.seed, 7]).choice(len(dataset.train_y),
+                                                                  size=min(self.probe, len(dataset.train_y)),
+                                                                  replace=False))
+        x, y = torch.from_numpy(dataset.train_x[rows]), torch.from_numpy(dataset.train_y[rows])
+        out = {}
+        was_training = model.training
+        model.eval()
+        vals = {k: v.detach() for k, v in model.values(x).items()}
+        for head, seg in gradient_receivers(topo):
+            ins = [topo.view(head.owner, x) if i == INPUT else vals[i].clone().requires_grad_(i == seg.name)
+                   for i in head.inputs]
+            loss = nn.functional.cross_entropy(model.segs[head.name](*ins), topo.labels(head.task, y), reduction="sum")
+            (g,) = torch.autograd.grad(loss, [ins[head.inputs.index(seg.name)]])
+            g = self.driver.as_received(head.owner, seg.owner, "gradient", g).flatten(1)
+            positive = topo.labels(head.task, y) == self.positive_class
+            known = int(positive.nonzero()[0]) if positive.any() else 0        # one sample the attacker knows
+            suffix = "" if len(out) == 0 else f"_{seg.owner}"
+            out[f"label_auc_norm{suffix}"] = max_auc(g.norm(dim=1), positive)
+            out[f"label_auc_direction{suffix}"] = auc(nn.functional.cosine_similarity(g, g[known:known + 1]), positive)
+        model.train(was_training)
+        return out
+
+
+def max_auc(scores, positive) -> float:
+    """The norm attack does not know which class has the larger gradients: it takes the better side."""
+    a = auc(scores, positive)
+    return max(a, 1 - a)
 
 
 def save_grid(originals: torch.Tensor, reconstructions: torch.Tensor, path: Path, title: str) -> None:

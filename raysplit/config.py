@@ -161,6 +161,9 @@ class AttacksConfig:
     aux_samples: int = _rule(default=1024, **positive)   # the attacker's auxiliary training samples
     targets: int = _rule(default=8, **positive)          # held-out client samples it reconstructs (the grid)
     decoder_epochs: int = _rule(default=10, **positive)
+    label_inference: bool = False         # a party without labels infers them from the gradients it receives
+    probe: int = _rule(default=256, **positive)          # label inference: training samples scored
+    positive_class: int = _rule(default=0, **non_negative)
 
 
 @dataclass

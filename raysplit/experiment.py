@@ -37,6 +37,7 @@ from tqdm import tqdm
 from raysplit import config as config_mod
 from raysplit.accounting import Entry, role_of, summarize
 from raysplit.algorithms import ALGORITHMS, Plan
+from raysplit.attacks import gradient_receivers
 from raysplit.checkpoint import Checkpoint, Checkpoints
 from raysplit.config import ExperimentConfig, holder_names
 from raysplit.data import Dataset, aligned_sample_ids, load_dataset, partition
@@ -57,6 +58,11 @@ def prepare(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Plan:
     if cfg.attacks.model_inversion and cfg.algorithm in ("fedavg", "large_batch_sgd", "centralized"):
         raise ConfigError("attacks.model_inversion", True, f"false for algorithm {cfg.algorithm}: no cut "
                           "activations cross a party boundary, so there is nothing to invert")
+    if cfg.attacks.label_inference and (cfg.algorithm in ("fedavg", "large_batch_sgd", "centralized")
+                                        or not gradient_receivers(topology)):
+        raise ConfigError("attacks.label_inference", True, f"false for {cfg.algorithm} on topology {cfg.topology}: no "
+                          "party without the labels receives gradients from the label holder (u_shaped and "
+                          "vertical with labels at the server have one)")
     if cfg.privacy.label_epsilon is not None and all(topology.label_holders[s.task] == s.owner for s in topology.heads):
         raise ConfigError("privacy.label_epsilon", cfg.privacy.label_epsilon,
                           f"null for topology {cfg.topology}: its labels never leave their holder")

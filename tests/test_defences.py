@@ -126,3 +126,18 @@ def test_ssim_and_model_inversion(ray_session, tmp_path):
     assert noisy["inversion_ssim"].iloc[-1] < m["inversion_ssim"].iloc[-1]   # noise on activations hides the inputs
     with pytest.raises(ConfigError, match=r"^attacks.model_inversion: True .*false for algorithm fedavg"):
         prepare(small_config("attacks.model_inversion=true", "algorithm=fedavg"))
+
+
+def test_label_inference_from_gradients_and_noise_against_it(ray_session):
+    from raysplit.attacks import auc
+
+    assert auc(torch.tensor([0.9, 0.8, 0.1, 0.2]), torch.tensor([True, True, False, False])) == 1.0
+    assert auc(torch.tensor([1.0, 1.0]), torch.tensor([True, False])) == 0.5
+    u = ["topology=u_shaped", "model.cut_layers=[pool1,relu3]", "data.synthetic_classes=2", "attacks.label_inference=true",
+         "attacks.probe=64"]
+    plain = run(small_config(*u), progress=False, write=False).metrics
+    noisy = run(small_config(*u, "privacy.gradient_noise=1.0"), progress=False, write=False).metrics
+    assert plain["label_auc_direction"].iloc[-1] > 0.9          # the labels can be read off the gradients
+    assert noisy["label_auc_direction"].iloc[-1] < plain["label_auc_direction"].iloc[-1]
+    with pytest.raises(ConfigError, match=r"^attacks.label_inference: True .*topology vanilla"):
+        prepare(small_config("attacks.label_inference=true"))
