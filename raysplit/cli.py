@@ -1,4 +1,4 @@
-"""The ``raysplit`` command: run | compare | validate | costs | codecs | plot."""
+"""The ``raysplit`` command: run | compare | validate | infer | costs | codecs | plot."""
 from __future__ import annotations
 
 import argparse
@@ -79,6 +79,17 @@ def cmd_costs(args) -> int:
     return cost_model.main(args.rest)
 
 
+def cmd_infer(args) -> int:
+    from raysplit.inference import infer
+
+    result = infer(args.results, data=args.data, batch_size=args.batch_size, address=args.address, out_dir=args.out)
+    s = result.summary
+    acc = f"accuracy {s['accuracy']:.4f}, " if "accuracy" in s else ""
+    print(f"{acc}{s['samples']} samples in {s['batches']} batches, median latency {s['latency_ms_median']:.1f} ms "
+          f"per batch; results in {result.out_dir}")
+    return 0
+
+
 def cmd_codecs(args) -> int:
     from analysis import codecs
 
@@ -122,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_costs)
+    p = sub.add_parser("infer", help="split inference with a finished run's trained parties (activations forward only)")
+    p.add_argument("results", metavar="RESULTS_DIR", help="a finished run's results directory")
+    p.add_argument("--data", default="test", help="test (the config's test set) or an .npz file with x (and y)")
+    p.add_argument("--batch-size", type=int, help="samples per batch (default: the run's training batch size)")
+    p.add_argument("--address", help="attach to a running Ray cluster (e.g. auto)")
+    p.add_argument("--out", help="where to write (default RESULTS_DIR/inference)")
+    p.set_defaults(fn=cmd_infer)
     p = sub.add_parser("codecs", help="train a config under each cut-layer codec setting: accuracy vs client GB "
                                       "(see `raysplit codecs -h`)", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)

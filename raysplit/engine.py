@@ -146,6 +146,45 @@ class SplitEngine:
         sent = self._send_input_grads(seg, xs, me, client)
         return tuple(sent) if len(sent) > 1 else (sent[0] if sent else None)
 
+    def infer(self, store: SegmentStore, client, name: str, clock, idx, *inputs):
+        """Split inference, one segment: forward only (eval mode, no gradients), the output sent on to its
+        consumers; a head's logits are returned as they are, to the simulator (nothing more crosses)."""
+        h = self.host
+        h.ledger.round, h.ledger.step = clock
+        seg = self.topo.segment(name)
+        me, module = party_id(seg.owner, client), store.modules[name]
+        if idx is not None and not isinstance(idx, np.ndarray):
+            idx = h.receive(idx, "cpu").numpy()
+        with torch.no_grad():
+            xs = self._inputs(seg, idx, inputs)
+            out = module.eval()(*xs)
+        h.meter.forward(me, name, module, xs, False)
+        if seg.task:
+            return out.cpu().numpy()
+        sent = [h.ledger.send(me, dst, "activation", out) for dst in self.destinations(seg, client)]
+        return sent[0] if len(sent) == 1 else tuple(sent)
+
+    def predict(self, store: SegmentStore, client, clock, idx: np.ndarray) -> dict:
+        """Split inference of one batch, driven by the first data holder: {task: logits, or an ObjectRef of
+        them at the head's owner} (the driver reads them; they never pass through another party)."""
+        h, topo = self.host, self.topo
+        me = party_id(topo.segments[0].owner, client)
+        vals: dict[tuple[str, str], Any] = {}
+        logits = {}
+        for seg in topo.segments:
+            here, dst = seg.owner in h.roles, party_id(seg.owner, client)
+            ins = self._local([vals[(i, dst)] for i in seg.inputs if i != INPUT], here)
+            seg_idx = idx if INPUT in seg.inputs else None
+            if seg_idx is not None and not here:
+                seg_idx = h.ledger.send(me, dst, "sample_ids", idx)
+            outs = [] if seg.task else self.destinations(seg, client)
+            res = self._call(store, seg.owner, "infer", max(1, len(outs)), client, seg.name, clock, seg_idx, *ins)
+            if seg.task:
+                logits[seg.task] = [res]          # in a list: Ray hands a nested ObjectRef on without fetching it
+            else:
+                vals.update({(seg.name, d): r for d, r in zip(outs, res if len(outs) > 1 else [res])})
+        return logits
+
     # ------------------------------------------------------------------ one step, driven by the initiator
     def _call(self, store: SegmentStore, role: str, method: str, num_returns: int, *args):
         """Run a segment method here (on ``store``) if this host holds the role, else on the host that does."""
@@ -226,6 +265,9 @@ class SegmentServer:
 
     def seg_backward(self, client, name: str, clock, *args):
         return self.engine.backward(self.store_for(client), client, name, clock, *args)
+
+    def seg_infer(self, client, name: str, clock, *args):
+        return self.engine.infer(self.store_for(client), client, name, clock, *args)
 
     def segment_states(self) -> dict[str, dict]:
         return self.store.weights()

@@ -1,0 +1,37 @@
+"""Split inference with a finished run's trained parties: the same predictions as the composed network,
+exactly, and only activations cross."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import small_config
+from raysplit.errors import ConfigError
+from raysplit.experiment import load_model, run
+from raysplit.inference import infer
+
+CASES = {"vanilla": [], "u_shaped": ["topology=u_shaped", "model.cut_layers=[pool1,relu3]"],
+         "vertical": ["topology=vertical", "data.num_clients=1", "vertical.holders=[{rows: [0, 4]}, {rows: [4, 8]}]",
+                      "vertical.label_holder=holder0"]}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_split_inference_equals_the_composed_network(ray_session, tmp_path, case):
+    trained = run(small_config(*CASES[case], "training.rounds=1"), out_dir=tmp_path / "run", progress=False)
+    result = infer(trained.out_dir, batch_size=7)
+    assert result.summary["accuracy"] == trained.metrics["test_acc"].iloc[-1]        # the run's test accuracy, exactly
+    net = load_model(trained.out_dir).eval()
+    from raysplit.data import load_dataset
+    ds = load_dataset(small_config(*CASES[case]).data, 7)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(ds.test_x))["y"].argmax(1).numpy()
+    assert np.array_equal(result.predictions["prediction"].to_numpy(), expected)
+    kinds = set(result.ledger["kind"])
+    assert kinds <= {"activation", "sample_ids"} and "activation" in kinds   # no gradients, no labels, no logits
+    assert result.summary["batches"] == -(-len(ds.test_y) // 7)
+    assert (result.flops["phase"] == "forward").all() and result.flops["flops"].gt(0).all()
+    assert (result.out_dir / "predictions.csv").is_file()
+
+
+def test_infer_needs_a_finished_run(tmp_path):
+    with pytest.raises(ConfigError, match=r"^RESULTS_DIR: .*a finished run's results directory"):
+        infer(tmp_path)
