@@ -94,6 +94,14 @@ class SplitEngine:
                 xs.append(self.host.receive(next(it)).detach().requires_grad_(True))
         return xs
 
+    def _ids(self, idx):
+        """Sample ids as this party got them: its own array, or sent by the initiator (vertical)."""
+        return idx if idx is None or isinstance(idx, np.ndarray) else self.host.receive(idx, "cpu").numpy()
+
+    def _send_activation(self, seg: Segment, me: str, client, out: torch.Tensor):
+        sent = [self.host.ledger.send(me, dst, "activation", out.detach()) for dst in self.destinations(seg, client)]
+        return sent[0] if len(sent) == 1 else tuple(sent)
+
     def _send_input_grads(self, seg: Segment, xs, me: str, client) -> list:
         return [self.host.ledger.send(me, party_id(self.topo.segment(i).owner, client), "gradient", x.grad)
                 for i, x in zip(seg.inputs, xs) if i != INPUT]
@@ -105,8 +113,7 @@ class SplitEngine:
         h.ledger.round, h.ledger.step = clock
         seg = self.topo.segment(name)
         me, module = party_id(seg.owner, client), store.modules[name]
-        if idx is not None and not isinstance(idx, np.ndarray):   # sample ids sent by the initiator
-            idx = h.receive(idx, "cpu").numpy()
+        idx = self._ids(idx)
         xs = self._inputs(seg, idx, inputs)
         input_grad = any(i != INPUT for i in seg.inputs)
         out = module(*xs)
@@ -116,8 +123,7 @@ class SplitEngine:
             if INPUT in seg.inputs and h.plugins.losses:     # a data holder's extra loss on (raw input, cut)
                 extra, extra_bwd = h.plugins.client_loss(h.meter, me, xs[seg.inputs.index(INPUT)], out)
             store.stash[(me, name)] = (xs, out, extra, extra_bwd)
-            sent = [h.ledger.send(me, dst, "activation", out.detach()) for dst in self.destinations(seg, client)]
-            return sent[0] if len(sent) == 1 else tuple(sent)
+            return self._send_activation(seg, me, client, out)
         y = h.receive(labels) if labels is not None else h.labels(seg.task, idx)
         loss = nn.functional.cross_entropy(out, y)
         store.optims[name].zero_grad(set_to_none=True)
@@ -153,16 +159,13 @@ class SplitEngine:
         h.ledger.round, h.ledger.step = clock
         seg = self.topo.segment(name)
         me, module = party_id(seg.owner, client), store.modules[name]
-        if idx is not None and not isinstance(idx, np.ndarray):
-            idx = h.receive(idx, "cpu").numpy()
+        was_training = module.training
         with torch.no_grad():
-            xs = self._inputs(seg, idx, inputs)
+            xs = self._inputs(seg, self._ids(idx), inputs)
             out = module.eval()(*xs)
+        module.train(was_training)
         h.meter.forward(me, name, module, xs, False)
-        if seg.task:
-            return out.cpu().numpy()
-        sent = [h.ledger.send(me, dst, "activation", out) for dst in self.destinations(seg, client)]
-        return sent[0] if len(sent) == 1 else tuple(sent)
+        return out.cpu().numpy() if seg.task else self._send_activation(seg, me, client, out)
 
     def predict(self, store: SegmentStore, client, clock, idx: np.ndarray) -> dict:
         """Split inference of one batch, driven by the first data holder: {task: logits, or an ObjectRef of
