@@ -131,14 +131,14 @@ class SetupHeldBack(logging.StreamHandler):
         if not self.released and record.module in self.SETUP_MODULES:
             self.held.append(record)
             return
-        self.release()
+        self.show_held()
         self._emit(record)
 
     def _emit(self, record: logging.LogRecord) -> None:
         self.stream = sys.stderr            # the current one (tests capture it per test)
         super().emit(record)
 
-    def release(self) -> None:
+    def show_held(self) -> None:        # (not ``release``: that is the handler's lock)
         self.released = True
         held, self.held = self.held, []
         for record in held:
@@ -155,18 +155,18 @@ def main(argv: list[str] | None = None) -> int:
     log.setLevel(logging.INFO)
     try:
         code = args.fn(args)
-        handler.release()
+        handler.show_held()
         return code
     except RaysplitError as e:
         handler.held.clear()                # the setup that led to the refusal is not worth a line
         print(f"raysplit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        handler.release()
+        handler.show_held()
         print("raysplit: interrupted", file=sys.stderr)
         return 130
     finally:
-        handler.release()
+        handler.show_held()
         log.removeHandler(handler)
         log.propagate, log.level = propagate, level
 

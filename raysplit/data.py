@@ -46,12 +46,17 @@ def _normalize(x: np.ndarray, mean: float | np.ndarray, std: float | np.ndarray)
 
 
 def _check_root(root: Path) -> None:
-    """The data root is a directory we can use (or does not exist yet)."""
+    """The data root is a directory we can read (or can be made: the folder it would go in is one)."""
     try:
         if root.exists() and not root.is_dir():
             raise ConfigError("data.root", str(root), "a directory for the data sets (this is a file)")
         if root.is_dir() and not os.access(root, os.R_OK | os.X_OK):
             raise ConfigError("data.root", str(root), "a directory for the data sets that this user can read")
+        above = root.absolute().parent
+        while not above.exists() and above != above.parent:
+            above = above.parent
+        if not root.exists() and not above.is_dir():
+            raise ConfigError("data.root", str(root), f"a directory for the data sets ({above} is a file)")
     except OSError as e:
         raise ConfigError("data.root", str(root), f"a readable directory for the data sets ({e.strerror or e})") from None
 
@@ -65,9 +70,14 @@ def _unpack_debian_fashion_mnist(raw: Path) -> None:
             raw.mkdir(parents=True, exist_ok=True)
             with gzip.open(src_path, "rb") as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst)
+            if tmp.stat().st_size == 0:
+                raise EOFError("it holds no data")
             tmp.rename(raw / f)
         except (OSError, EOFError, zlib.error) as e:   # BadGzipFile is an OSError; a truncated archive an EOFError
-            tmp.unlink(missing_ok=True)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
             if not src_path.is_file() or not raw.is_dir():   # the data root, not the archive
                 raise ConfigError("data.root", str(raw.parents[1]), f"a writable directory for the data sets "
                                   f"({getattr(e, 'strerror', None) or e})") from None
