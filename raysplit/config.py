@@ -103,6 +103,7 @@ class RuntimeConfig:
 
 
 PARTY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+RAY_ADDRESS = re.compile(r"^(auto|(ray://)?[A-Za-z0-9_.\-\[\]:]+:[0-9]{1,5})$", re.ASCII)
 CHAINS = ("vanilla", "u_shaped", "extended", "multi_hop")
 
 
@@ -273,7 +274,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, _, val = text.partition("=")
     try:
         parsed = yaml.safe_load(val) if val.strip() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         parsed = val
     return key.strip(), parsed
 
@@ -303,6 +304,8 @@ def load(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise ConfigError("config", str(path), f"valid YAML{where}") from None
+    except RecursionError:
+        raise ConfigError("config", str(path), "valid YAML of config keys (this nests too deeply to read)") from None
     if raw is None or raw == {}:
         # an empty file would otherwise run the whole default experiment
         raise ConfigError("config", str(path), "a YAML mapping of config keys (the file has none: it is empty "
@@ -372,6 +375,10 @@ def validate(cfg: ExperimentConfig) -> None:
     if cfg.schedule == "parallel" and cfg.topology == "vertical":
         raise ConfigError("schedule", "parallel", "sequential for topology vertical (its holders share one sample "
                           "space; there are no clients to run in parallel)")
+    address = cfg.runtime.address
+    if address is not None and not RAY_ADDRESS.match(address):
+        raise ConfigError("runtime.address", address, "null (a local Ray of its own), auto (the cluster started on this "
+                          "machine with `ray start`), ray://host:port or host:port")
     per_round = cfg.training.clients_per_round
     if per_round is not None and per_round > cfg.data.num_clients:
         raise ConfigError("training.clients_per_round", per_round, f"at most data.num_clients ({cfg.data.num_clients})")

@@ -174,6 +174,7 @@ VALUE_CASES = [
     ("training.clients_per_round", 100000, r"training.clients_per_round"),
     ("unknown_key", 1, r"unknown_key: 1 .*a known key of the config"),
     ("training.learning_rate", 0.1, r"training.learning_rate"),
+    ("runtime.address", "client", r"runtime.address: 'client' .*auto .*ray://host:port"),
 ]
 
 
@@ -224,6 +225,10 @@ def deletions(raw: dict) -> list[tuple[str, typing.Callable[[dict], None], str]]
         out.append(("splitfed without clients", lambda r: r.update(topology="vertical", data=dict(r["data"], num_clients=1),
                                                                    vertical={"holders": [{"rows": [0, 14]}, {"rows": [14, 28]}]}),
                     r"schedule: 'parallel'"))
+        out.append(("splitfed without a server", lambda r: r.update(topology="extended", parties=["client", "relay", "cloud"],
+                                                                    model=dict(r["model"], cut_layers=["pool1", "relu3"])),
+                    r"algorithm: 'splitfed' .*can train topology extended: splitnn, centralized, fedavg, "
+                    r"large_batch_sgd \(splitfed needs clients and a server that averages their weights"))
     return out
 
 
@@ -294,7 +299,8 @@ TEXTS = {
     "a scalar": b"just words\n",
     "unclosed bracket": b"name: x\ndata: {dataset: synthetic\n",
     "tab indentation": b"data:\n\tdataset: synthetic\n",
-    "duplicate anchor alias": b"a: *nothing\n",
+    "undefined alias": b"a: *nothing\n",
+    "nested too deeply": b"name: x\ndata: " + b"[" * 5000 + b"]" * 5000 + b"\n",
 }
 
 
