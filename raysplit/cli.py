@@ -176,20 +176,64 @@ def _shutdown_ray() -> None:
             ray.shutdown()
 
 
+class SetupHeldBack(logging.StreamHandler):
+    """raysplit's log on stderr, except that the setup lines (``runtime.py``: Ray's resources, party hosts
+    ready) are held back until the run logs something itself: input refused during setup (e.g. more CPUs
+    than the cluster has) then leaves exactly one line on stderr, its error."""
+
+    SETUP_MODULES = ("runtime",)
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+        self.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+        self.held: list[logging.LogRecord] = []
+        self.released = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.released and record.module in self.SETUP_MODULES:
+            self.held.append(record)
+            return
+        self.show_held()
+        self._emit(record)
+
+    def _emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr            # the current one (tests capture it per test)
+        super().emit(record)
+
+    def show_held(self) -> None:        # (not ``release``: that is the handler's lock)
+        self.released = True
+        held, self.held = self.held, []
+        for record in held:
+            self._emit(record)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     _stop_on_signals()
+    log = logging.getLogger("raysplit")
+    handler, propagate, level = SetupHeldBack(), log.propagate, log.level
+    log.addHandler(handler)
+    log.propagate = False                   # this handler prints raysplit's lines (not the root's as well)
+    log.setLevel(logging.INFO)
     try:
-        return args.fn(args)
+        code = args.fn(args)
+        handler.show_held()
+        return code
     except RaysplitError as e:
+        handler.held.clear()                # the setup that led to the refusal is not worth a line
         print(f"raysplit: error: {e}{_resume_hint(args, e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt as e:
+        handler.show_held()
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
         print(f"raysplit: interrupted ({signal.Signals(signum).name}){_resume_hint(args, e)}", file=sys.stderr)
         _shutdown_ray()
         return 128 + signum
+    finally:
+        handler.show_held()
+        log.removeHandler(handler)
+        log.propagate, log.level = propagate, level
 
 
 if __name__ == "__main__":

@@ -30,19 +30,31 @@ non_negative = dict(check=lambda v: v >= 0, allowed="a number >= 0")
 fraction = dict(check=lambda v: 0 < v <= 1, allowed="a number in (0, 1]")
 
 
+def bounded(low: int, high: int) -> dict:
+    """An integer in [low, high]: sizes past ``high`` could never be allocated (or never finish)."""
+    return dict(check=lambda v: low <= v <= high, allowed=f"an integer in {low}..{high:,}")
+
+
+# sizes: large enough for any experiment this simulator can hold in memory, small enough to refuse typos
+MAX_SAMPLES = 10_000_000          # synthetic samples (and the largest useful batch)
+MAX_CLASSES = 100_000
+MAX_VALUES = 2 ** 28              # synthetic data set values in all (1 GiB of float32)
+SEED_LIMIT = 2 ** 32 - 1          # numpy and torch seeds
+
+
 @dataclass
 class DataConfig:
     dataset: str = "fashion_mnist"        # a registered dataset (data.py: DATASETS) or package.module:loader
     root: Optional[str] = None            # where datasets live; default ~/.cache/raysplit/data
-    num_clients: int = _rule(default=10, **positive)
+    num_clients: int = _rule(default=10, **bounded(1, MAX_SAMPLES))
     partition: Literal["iid", "dirichlet", "shards"] = "iid"
     alpha: float = _rule(default=0.5, **positive)          # Dirichlet concentration (label skew)
     shards_per_client: int = _rule(default=2, **positive)
     train_samples: Optional[int] = _rule(default=None, **positive)  # use a subset of the training set
     test_samples: Optional[int] = _rule(default=None, **positive)
-    synthetic_samples: int = _rule(default=2048, **positive)
+    synthetic_samples: int = _rule(default=2048, **bounded(1, MAX_SAMPLES))
     synthetic_shape: list[int] = field(default_factory=lambda: [1, 8, 8])
-    synthetic_classes: int = _rule(default=4, **positive)
+    synthetic_classes: int = _rule(default=4, **bounded(1, MAX_CLASSES))
     medmnist_file: Optional[str] = None   # path to a MedMNIST .npz
 
 
@@ -56,7 +68,7 @@ class ModelConfig:
 class TrainingConfig:
     rounds: int = _rule(default=3, **positive)
     local_epochs: int = _rule(default=1, **positive)
-    batch_size: int = _rule(default=64, **positive)
+    batch_size: int = _rule(default=64, **bounded(1, MAX_SAMPLES))
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = _rule(default=0.05, **positive)
     momentum: float = _rule(default=0.9, **non_negative)
@@ -71,7 +83,7 @@ class TrainingConfig:
 class Resources:
     num_cpus: float = _rule(default=1.0, **non_negative)
     num_gpus: float = _rule(default=0.0, **non_negative)
-    torch_threads: Optional[int] = _rule(default=None, **positive)  # default: max(1, num_cpus)
+    torch_threads: Optional[int] = _rule(default=None, **bounded(1, 1024))  # default: max(1, num_cpus)
     # custom Ray resources a node must offer, e.g. {node_a: 1} (declared with `ray start --resources`)
     resources: dict[str, float] = _rule(
         default_factory=dict, allowed="a mapping of custom resource name to a number >= 0 (not CPU, GPU or memory)",
@@ -81,7 +93,7 @@ class Resources:
 @dataclass
 class RuntimeConfig:
     address: Optional[str] = None         # None: start a local Ray; "auto" or ray://host:port: attach
-    workers: int = _rule(default=1, **positive)   # worker actors hosting the virtual clients
+    workers: int = _rule(default=1, **bounded(1, 10_000))   # worker actors hosting the virtual clients
     worker: Resources = field(default_factory=Resources)
     server: Resources = field(default_factory=Resources)
     eval_every: int = _rule(default=1, **positive)
@@ -96,6 +108,7 @@ class RuntimeConfig:
 
 
 PARTY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+RAY_ADDRESS = re.compile(r"^(auto|(ray://)?[A-Za-z0-9_.\-\[\]:]+:[0-9]{1,5})$", re.ASCII)
 CHAINS = ("vanilla", "u_shaped", "extended", "multi_hop")
 
 
@@ -169,7 +182,7 @@ class AttacksConfig:
 @dataclass
 class ExperimentConfig:
     name: str = "experiment"
-    seed: int = 0
+    seed: int = _rule(default=0, **bounded(0, SEED_LIMIT))
     imports: list[str] = field(default_factory=list)    # the user's modules that register models, plug-ins, ...
     algorithm: str = "splitnn"            # a registered algorithm (algorithms/__init__.py: ALGORITHMS)
     topology: str = "vanilla"             # a registered topology (topology.py: TOPOLOGIES)
@@ -291,7 +304,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, _, val = text.partition("=")
     try:
         parsed = yaml.safe_load(val) if val.strip() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         parsed = val
     return key.strip(), parsed
 
@@ -307,16 +320,31 @@ def from_dict(raw: dict | None, overrides: list[str] = ()) -> ExperimentConfig:
 
 def load(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError("config", str(path), "a path to an existing YAML file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        if not path.is_file():
+            raise ConfigError("config", str(path), "a path to an existing YAML file")
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError("config", str(path), f"a readable YAML file ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError("config", str(path), f"a YAML file of UTF-8 text (byte {e.start} is not UTF-8)") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise ConfigError("config", str(path), f"valid YAML{where}") from None
-    if raw is not None and not isinstance(raw, dict):
+    except RecursionError:
+        raise ConfigError("config", str(path), "valid YAML of config keys (this nests too deeply to read)") from None
+    if raw is None or raw == {}:
+        # an empty file would otherwise run the whole default experiment
+        raise ConfigError("config", str(path), "a YAML mapping of config keys (the file has none: it is empty "
+                          "or only comments); start from a file in experiments/")
+    if not isinstance(raw, dict):
         raise ConfigError("config", str(path), "a YAML mapping of config keys")
+    for key in raw:
+        if not isinstance(key, str):
+            raise ConfigError("config", str(path), f"a YAML mapping of config keys (names; got the key {key!r})")
     add_search_path(path.parent)       # a user's modules (``imports:``) may sit beside their config
     return from_dict(raw, overrides)
 
@@ -346,8 +374,18 @@ def validate(cfg: ExperimentConfig) -> None:
     check_names(cfg)
     if cfg.data.dataset == "medmnist" and not cfg.data.medmnist_file:
         raise ConfigError("data.medmnist_file", None, "a path to a MedMNIST .npz file when data.dataset is medmnist")
-    if len(cfg.data.synthetic_shape) not in (1, 3) or any(s <= 0 for s in cfg.data.synthetic_shape):
-        raise ConfigError("data.synthetic_shape", cfg.data.synthetic_shape, "[features] or [channels, height, width], all > 0")
+    shape = cfg.data.synthetic_shape
+    if len(shape) not in (1, 3) or any(s <= 0 or s > MAX_VALUES for s in shape):
+        raise ConfigError("data.synthetic_shape", shape, f"[features] or [channels, height, width], all in 1..{MAX_VALUES:,}")
+    if cfg.data.dataset == "synthetic":
+        # the synthetic set is drawn in memory: training samples, a quarter as many test samples, one prototype a class
+        d = cfg.data
+        rows = d.synthetic_samples + max(d.synthetic_classes, d.synthetic_samples // 4) + d.synthetic_classes
+        if rows * math.prod(shape) > MAX_VALUES:
+            raise ConfigError("data.synthetic_samples", d.synthetic_samples,
+                              f"a synthetic data set of at most {MAX_VALUES:,} values in all (1 GiB of float32; "
+                              f"each sample has {math.prod(shape):,} values, data.synthetic_shape {shape}, "
+                              f"with {d.synthetic_classes} classes)")
     if cfg.parties is not None and cfg.topology not in CHAINS:
         raise ConfigError("parties", cfg.parties, f"null for topology {cfg.topology} (parties are named in "
                           f"{'vertical.holders' if cfg.topology == 'vertical' else 'multi_task.group_owner'})")
@@ -367,6 +405,10 @@ def validate(cfg: ExperimentConfig) -> None:
     if cfg.schedule == "parallel" and cfg.topology == "vertical":
         raise ConfigError("schedule", "parallel", "sequential for topology vertical (its holders share one sample "
                           "space; there are no clients to run in parallel)")
+    address = cfg.runtime.address
+    if address is not None and not RAY_ADDRESS.match(address):
+        raise ConfigError("runtime.address", address, "null (a local Ray of its own), auto (the cluster started on this "
+                          "machine with `ray start`), ray://host:port or host:port")
     per_round = cfg.training.clients_per_round
     if per_round is not None and per_round > cfg.data.num_clients:
         raise ConfigError("training.clients_per_round", per_round, f"at most data.num_clients ({cfg.data.num_clients})")
@@ -405,8 +447,21 @@ def _validate_vertical(cfg: ExperimentConfig) -> None:
             rng = getattr(h, axis)
             if rng is not None and (len(rng) != 2 or not 0 <= rng[0] < rng[1]):
                 raise ConfigError(f"{where}.{axis}", rng, "[start, stop) with 0 <= start < stop")
+    blocks = []
+    for i, h in enumerate(v.holders):
+        block = {axis: getattr(h, axis) for axis in ("rows", "columns") if getattr(h, axis) is not None}
+        for j, other in enumerate(blocks):
+            if all(_overlap(block.get(axis), other.get(axis)) for axis in ("rows", "columns")):
+                raise ConfigError(f"vertical.holders[{i}]", block, f"a block of features no other holder holds "
+                                  f"(it overlaps vertical.holders[{j}] {other}; a missing rows or columns means all)")
+        blocks.append(block)
     if v.label_holder != "server" and v.label_holder not in names:
         raise ConfigError("vertical.label_holder", v.label_holder, "server or a holder's name: " + ", ".join(names))
+
+
+def _overlap(a: list[int] | None, b: list[int] | None) -> bool:
+    """Whether two [start, stop) ranges share an index (None: the whole axis)."""
+    return a is None or b is None or max(a[0], b[0]) < min(a[1], b[1])
 
 
 def holder_names(cfg: ExperimentConfig) -> list[str]:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import shutil
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,29 +45,77 @@ def _normalize(x: np.ndarray, mean: float | np.ndarray, std: float | np.ndarray)
     return ((x.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
 
 
+def _check_root(root: Path) -> None:
+    """The data root is a directory we can read (or can be made: the folder it would go in is one)."""
+    try:
+        if root.exists() and not root.is_dir():
+            raise ConfigError("data.root", str(root), "a directory for the data sets (this is a file)")
+        if root.is_dir() and not os.access(root, os.R_OK | os.X_OK):
+            raise ConfigError("data.root", str(root), "a directory for the data sets that this user can read")
+        above = root.absolute().parent
+        while not above.exists() and above != above.parent:
+            above = above.parent
+        if not root.exists() and not above.is_dir():
+            raise ConfigError("data.root", str(root), f"a directory for the data sets ({above} is a file)")
+    except OSError as e:
+        raise ConfigError("data.root", str(root), f"a readable directory for the data sets ({e.strerror or e})") from None
+
+
+def _unpack_debian_fashion_mnist(raw: Path) -> None:
+    """Debian's dataset-fashion-mnist ships the gzipped IDX files; torchvision wants them unpacked. Each is
+    written under a ``.tmp`` name and renamed when complete; a broken archive leaves nothing behind."""
+    for f in FASHION_FILES:
+        src_path, tmp = DEBIAN_FASHION_MNIST / f"{f}.gz", raw / f"{f}.tmp"
+        try:
+            raw.mkdir(parents=True, exist_ok=True)
+            with gzip.open(src_path, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            if tmp.stat().st_size == 0:
+                raise EOFError("it holds no data")
+            tmp.rename(raw / f)
+        except (OSError, EOFError, zlib.error) as e:   # BadGzipFile is an OSError; a truncated archive an EOFError
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            if not src_path.is_file() or not raw.is_dir():   # the data root, not the archive
+                raise ConfigError("data.root", str(raw.parents[1]), f"a writable directory for the data sets "
+                                  f"({getattr(e, 'strerror', None) or e})") from None
+            raise DataError(f"data.dataset: fashion_mnist archive {src_path} is corrupt or truncated ({e}); "
+                            "reinstall it with `apt-get install --reinstall -y dataset-fashion-mnist`") from None
+
+
 def _fashion_mnist(root: Path) -> Dataset:
     import torchvision
 
+    _check_root(root)
     raw = root / "FashionMNIST" / "raw"
-    if not all((raw / f).is_file() for f in FASHION_FILES):
-        # Debian's dataset-fashion-mnist ships the gzipped IDX files; torchvision wants them unpacked.
-        if all((DEBIAN_FASHION_MNIST / f"{f}.gz").is_file() for f in FASHION_FILES):
-            raw.mkdir(parents=True, exist_ok=True)
-            for f in FASHION_FILES:
-                tmp = raw / f"{f}.tmp"
-                with gzip.open(DEBIAN_FASHION_MNIST / f"{f}.gz", "rb") as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                tmp.rename(raw / f)
+    try:
+        have = all((raw / f).is_file() for f in FASHION_FILES)
+        debian = all((DEBIAN_FASHION_MNIST / f"{f}.gz").is_file() for f in FASHION_FILES)
+    except OSError as e:
+        raise ConfigError("data.root", str(root), f"a readable directory for the data sets ({e.strerror or e})") from None
+    if not have:
+        if debian:
+            _unpack_debian_fashion_mnist(raw)
         else:
             raise DataError(
                 f"data.dataset: fashion_mnist files not found in {raw} or {DEBIAN_FASHION_MNIST}; "
                 "install them with `apt-get install -y dataset-fashion-mnist` (or put the IDX files in the first folder)")
+    fix = "reinstall with `apt-get install --reinstall -y dataset-fashion-mnist` (and delete them: they are unpacked again)"
     try:
         train = torchvision.datasets.FashionMNIST(str(root), train=True, download=False)
         test = torchvision.datasets.FashionMNIST(str(root), train=False, download=False)
-    except (RuntimeError, OSError, ValueError) as e:
-        raise DataError(f"data.dataset: fashion_mnist files in {raw} are unreadable ({e}); "
-                        "reinstall with `apt-get install --reinstall -y dataset-fashion-mnist`") from None
+    except Exception as e:   # torchvision asserts on a bad header, fails to reshape a truncated file, ...
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise DataError(f"data.dataset: fashion_mnist files in {raw} are unreadable ({reason}); {fix}") from None
+    for split, ds in (("train", train), ("t10k", test)):
+        if len(ds.data) != len(ds.targets) or len(ds.data) == 0 or ds.data.dim() != 3:
+            raise DataError(f"data.dataset: fashion_mnist files in {raw} disagree: {split}-images holds "
+                            f"{len(ds.data)} images of shape {list(ds.data.shape[1:])}, {split}-labels {len(ds.targets)} "
+                            f"labels (expected as many labels as 28x28 images, at least one); {fix}")
+        if len(ds.targets) and (int(ds.targets.min()) < 0 or int(ds.targets.max()) > 9):
+            raise DataError(f"data.dataset: fashion_mnist {split}-labels in {raw} hold labels outside 0..9; {fix}")
 
     def prep(ds):
         return _normalize(ds.data.numpy()[:, None], 0.2860, 0.3530), ds.targets.numpy().astype(np.int64)
@@ -79,6 +129,7 @@ def _cifar(root: Path, classes: int) -> Dataset:
 
     cls = torchvision.datasets.CIFAR10 if classes == 10 else torchvision.datasets.CIFAR100
     name = f"cifar{classes}"
+    _check_root(root)
     try:
         train = cls(str(root), train=True, download=False)
         test = cls(str(root), train=False, download=False)
@@ -89,6 +140,10 @@ def _cifar(root: Path, classes: int) -> Dataset:
         except Exception:
             raise DataError(f"data.dataset: {name} not found under {root} and could not be downloaded; "
                             f"put the python-version CIFAR archive's folder ({cls.base_folder}) in data.root") from None
+    except Exception as e:   # present but broken: a truncated or foreign pickle
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise DataError(f"data.dataset: {name} files in {root / cls.base_folder} are unreadable ({reason}); "
+                        "delete them and put the python-version CIFAR archive's folder there again") from None
     mean = np.array([0.4914, 0.4822, 0.4465], np.float32)[:, None, None]
     std = np.array([0.2470, 0.2435, 0.2616], np.float32)[:, None, None]
 
@@ -114,20 +169,36 @@ def _breast_cancer(seed: int) -> Dataset:
 
 def _medmnist(path: str) -> Dataset:
     p = Path(path)
+    expected = "expected a MedMNIST .npz file"
     if not p.is_file():
-        raise DataError(f"data.medmnist_file: {path!r} does not exist; expected a MedMNIST .npz file")
+        raise DataError(f"data.medmnist_file: {path!r} does not exist; {expected}")
+    keys = ("train_images", "train_labels", "test_images", "test_labels")
     try:
-        z = np.load(p)
-        trx, try_, tex, tey = z["train_images"], z["train_labels"], z["test_images"], z["test_labels"]
+        with np.load(p) as z:
+            trx, try_, tex, tey = (np.asarray(z[k]) for k in keys)
     except Exception:
         raise DataError(f"data.medmnist_file: {path!r} is not a MedMNIST .npz "
                         "(expected train_images, train_labels, test_images, test_labels)") from None
+    for split, x, y in (("train", trx, try_), ("test", tex, tey)):
+        where = f"data.medmnist_file: {path!r} holds {split}_images of shape {list(x.shape)} and {split}_labels of shape {list(y.shape)}"
+        if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] not in (1, 3)) or len(x) == 0 or 0 in x.shape:
+            raise DataError(f"{where}; {expected} with at least one (n, H, W) or (n, H, W, 1 or 3) image per split")
+        if y.ndim not in (1, 2) or len(y) != len(x) or (y.ndim == 2 and y.shape[1] < 1):
+            raise DataError(f"{where}; {expected} with one label per image")
+        if not (np.issubdtype(x.dtype, np.number) and np.issubdtype(y.dtype, np.number)) or np.issubdtype(x.dtype, np.complexfloating):
+            raise DataError(f"{where} of types {x.dtype} and {y.dtype}; {expected} of numeric arrays")
+        first = y.reshape(len(y), -1)[:, 0]
+        if not np.all(np.isfinite(first)) or np.any(first < 0) or np.any(first != np.round(first)):
+            raise DataError(f"{where}; {expected} whose labels are integers >= 0")
 
     def prep(x):
         x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
         return _normalize(x, 0.5, 0.5)
 
     try_, tey = try_.reshape(len(try_), -1)[:, 0].astype(np.int64), tey.reshape(len(tey), -1)[:, 0].astype(np.int64)
+    if prep(trx[:1]).shape[1:] != prep(tex[:1]).shape[1:]:
+        raise DataError(f"data.medmnist_file: {path!r} holds train_images of shape {list(trx.shape)} and test_images "
+                        f"of shape {list(tex.shape)}; {expected} whose images have one shape")
     return Dataset(p.stem, prep(trx), try_, prep(tex), tey, int(max(try_.max(), tey.max())) + 1)
 
 
@@ -171,7 +242,34 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
         ds.train_x, ds.train_y = ds.train_x[: cfg.train_samples], ds.train_y[: cfg.train_samples]
     if cfg.test_samples is not None:
         ds.test_x, ds.test_y = ds.test_x[: cfg.test_samples], ds.test_y[: cfg.test_samples]
+    check_dataset(ds, cfg.dataset)
     return ds
+
+
+def check_dataset(ds: Dataset, name: str) -> None:
+    """What every party assumes of a data set: float32 inputs of one shape, as many int64 labels as inputs,
+    each a class in 0..num_classes-1, and at least one training and one test sample."""
+    k = ds.num_classes
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ConfigError("data.dataset", name, f"a loader whose Dataset has num_classes >= 1 (got {k!r})")
+    for split in ("train", "test"):
+        x, y = getattr(ds, f"{split}_x"), getattr(ds, f"{split}_y")
+        got = f"{split}_x {getattr(x, 'dtype', type(x).__name__)} {list(getattr(x, 'shape', []))}, " \
+              f"{split}_y {getattr(y, 'dtype', type(y).__name__)} {list(getattr(y, 'shape', []))}"
+        if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray)) or x.dtype != np.float32 \
+                or y.dtype != np.int64 or x.ndim < 2 or y.ndim != 1:
+            raise ConfigError("data.dataset", name, f"a loader returning float32 {split}_x of shape (n, features...) "
+                              f"and int64 {split}_y of shape (n,) (got {got})")
+        if len(x) != len(y) or len(y) == 0:
+            raise ConfigError("data.dataset", name, f"a data set with as many {split} labels as {split} samples, "
+                              f"at least one (got {got})")
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= k:
+            raise ConfigError("data.dataset", name, f"{split} labels that are classes of the model, in 0..{k - 1} "
+                              f"(num_classes {k}; got labels {lo}..{hi})")
+    if ds.train_x.shape[1:] != ds.test_x.shape[1:]:
+        raise ConfigError("data.dataset", name, f"train and test samples of one shape (got "
+                          f"{list(ds.train_x.shape[1:])} and {list(ds.test_x.shape[1:])})")
 
 
 # --------------------------------------------------------------------------- partitions
@@ -255,17 +353,37 @@ class FeatureView:
                 raise ConfigError(f"{where}.{axis}", list(rng), f"[start, stop) with stop <= {size} (the data's {axis})")
 
 
+INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
+
+
 def read_sample_ids(path: str, n_train: int, where: str) -> np.ndarray:
     """A holder's training-sample ids (one integer per line, ``#`` comments), sorted; ids index the training set."""
     allowed = f"a file of distinct training-sample ids in 0..{n_train - 1}, one integer per line"
-    if not Path(path).is_file():
-        raise ConfigError(where, path, allowed + " (no such file)")
     try:
-        ids = np.loadtxt(path, dtype=np.int64, ndmin=1, comments="#")
-    except ValueError:
-        raise ConfigError(where, path, allowed) from None
-    if len(ids) == 0 or ids.min() < 0 or ids.max() >= n_train or len(np.unique(ids)) != len(ids):
-        raise ConfigError(where, path, allowed)
+        if not Path(path).is_file():
+            raise ConfigError(where, path, allowed + " (no such file)")
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(where, path, f"{allowed} (unreadable: {e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(where, path, f"{allowed} (this is not a text file)") from None
+    ids = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if not INTEGER.fullmatch(line):
+            raise ConfigError(where, path, f"{allowed} (line {number} is {line[:40]!r})")
+        ids.append(int(line))
+    if not ids:
+        raise ConfigError(where, path, f"{allowed} (it holds none)")
+    ids = np.array(ids, dtype=object)
+    bad = [i for i in ids if not 0 <= i < n_train]
+    if bad:
+        raise ConfigError(where, path, f"{allowed} (it holds {bad[0]})")
+    ids = ids.astype(np.int64)
+    if len(np.unique(ids)) != len(ids):
+        raise ConfigError(where, path, f"{allowed} (an id repeats)")
     return np.sort(ids)
 
 

@@ -16,11 +16,13 @@ dies is restarted and the run replayed from the last checkpoint, with bitwise th
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
 import shutil
 import time
+import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,7 +46,7 @@ from raysplit.data import Dataset, aligned_sample_ids, load_dataset, partition
 from raysplit.errors import ConfigError, PartyLost
 from raysplit.plugins import DriverContext, Plugins, build_plugins
 from raysplit.runtime import dead_hosts
-from raysplit.topology import ComposedNet, build_topology
+from raysplit.topology import INPUT, ComposedNet, Topology, build_topology
 
 log = logging.getLogger("raysplit")
 
@@ -53,7 +55,15 @@ def prepare(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Plan:
     """Load data, build and split the model, partition clients: every data- or model-dependent check.
     ``dataset``: already loaded for this config's ``data`` and ``seed`` (``raysplit compare`` loads it once)."""
     dataset = dataset or load_dataset(cfg.data, cfg.seed)
-    topology, modules = build_topology(cfg, dataset.input_shape, dataset.num_classes)
+    # warnings while building and probing the model (e.g. a zero-width layer) are shown only if it passes:
+    # a refused model is its one error line
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        topology, modules = build_topology(cfg, dataset.input_shape, dataset.num_classes)
+        check_algorithm(cfg, topology)
+        check_trainable(cfg, topology, modules, dataset)
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     plugins = build_plugins(cfg, dataset.num_classes)
     if cfg.attacks.model_inversion and cfg.algorithm in ("fedavg", "large_batch_sgd", "centralized"):
         raise ConfigError("attacks.model_inversion", True, f"false for algorithm {cfg.algorithm}: no cut "
@@ -73,6 +83,73 @@ def prepare(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Plan:
     ids = aligned_sample_ids(files, len(dataset.train_y))
     holders = {name: ids for name in holder_names(cfg)} | {cfg.vertical.label_holder: ids}
     return Plan(cfg, dataset, topology, modules, [ids], holders, plugins)
+
+
+def _unsupported(algo_cls, topology: Topology) -> str | None:
+    """Why an algorithm cannot train a topology (its ``supports_topology`` classmethod), or None. An algorithm
+    that declares nothing is taken to support every topology."""
+    supports = getattr(algo_cls, "supports_topology", None)
+    return supports(topology) if callable(supports) else None
+
+
+def check_algorithm(cfg: ExperimentConfig, topology: Topology) -> None:
+    """The algorithm can train this topology (each algorithm class declares what it needs)."""
+    why = _unsupported(ALGORITHMS.get(cfg.algorithm, "algorithm"), topology)
+    if why:
+        able = [n for n in ALGORITHMS.names() if _unsupported(ALGORITHMS.get(n), topology) is None]
+        raise ConfigError("algorithm", cfg.algorithm, f"an algorithm that can train topology {cfg.topology}: "
+                          f"{', '.join(able) or 'none registered'} ({cfg.algorithm} {why})")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
+def check_trainable(cfg: ExperimentConfig, topology: Topology, modules: dict[str, nn.Module], dataset: Dataset) -> None:
+    """One forward and backward pass of every segment on two training samples, as the parties will run them:
+    the model fits the data's shape at every cut, every segment has parameters for its optimizer, every head
+    has an output for each class of its task. Runs on a copy (the seeded initial modules and the global torch
+    random state are left as they were)."""
+    cuts = cfg.model.cut_layers
+    for seg in topology.segments:
+        if not any(p.requires_grad for p in modules[seg.name].parameters()):
+            layers = ", ".join(n for n, _ in modules[seg.name].named_children()) or "no layers"
+            raise ConfigError("model.cut_layers", cuts, f"cuts that leave every segment a layer with parameters "
+                              f"(segment {seg.name}, held by {seg.owner}, would hold only {layers}: nothing to train)")
+    x = torch.from_numpy(dataset.train_x[:2])
+    y = torch.from_numpy(dataset.train_y[:2])
+    model = cfg.model.name
+    with torch.random.fork_rng(devices=[]):
+        net = ComposedNet(topology, copy.deepcopy(modules)).train()
+        vals: dict[str, torch.Tensor] = {}
+        for s in topology.segments:
+            ins = [topology.view(s.owner, x) if i == INPUT else vals[i] for i in s.inputs]
+            try:
+                vals[s.name] = net.segs[s.name](*ins)
+            except Exception as e:
+                shapes = " and ".join(str(list(t.shape[1:])) for t in ins)
+                raise ConfigError("model.name", model, f"a model that takes this data's inputs "
+                                  f"{list(dataset.input_shape)} at every cut {cuts} (segment {s.name}, held by "
+                                  f"{s.owner}, cannot take {shapes}: {_first_line(e)})") from None
+        losses = []
+        for s in topology.heads:
+            out = vals[s.name]
+            labels = topology.labels(s.task, torch.from_numpy(dataset.train_y))
+            need = int(labels.max()) + 1
+            if out.dim() != 2 or out.shape[1] < need:
+                raise ConfigError("model.name", model, f"a model whose head {s.name} (task {s.task}) gives a score "
+                                  f"for each of the {need} classes of the data (it gives {list(out.shape[1:])})")
+            losses.append(nn.functional.cross_entropy(out, topology.labels(s.task, y)))
+        try:
+            sum(losses).backward()
+        except Exception as e:
+            raise ConfigError("model.name", model, f"a model whose segments can be trained (the backward pass "
+                              f"fails: {_first_line(e)})") from None
+        for seg in topology.segments:
+            if all(p.grad is None for p in net.segs[seg.name].parameters()):
+                raise ConfigError("model.cut_layers", cuts, f"segments that all take part in the loss (segment "
+                                  f"{seg.name}, held by {seg.owner}, gets no gradient)")
 
 
 @torch.no_grad()
@@ -145,8 +222,20 @@ def final_dir(partial: Path) -> Path:
 
 
 def _check_free(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError("output_dir", str(out), "a directory that does not exist yet or is empty")
+    """The results directory can be written: it does not exist yet or is empty, and the nearest folder
+    that exists above it is a directory this user can write to (checked before anything starts)."""
+    try:
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ConfigError("output_dir", str(out), "a directory that does not exist yet or is empty")
+        parent = out.absolute().parent
+        while not parent.exists() and not parent.is_symlink() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise ConfigError("output_dir", str(out), f"a path under directories ({parent} is a file)")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError("output_dir", str(out), f"a path under a directory this user can write to ({parent} is not)")
+    except OSError as e:
+        raise ConfigError("output_dir", str(out), f"a path this user can write to ({e.strerror or e})") from None
     if partial_dir(out).exists():
         raise ConfigError("output_dir", str(out), f"a directory with no interrupted run; {partial_dir(out)} holds one: "
                           f"continue it with `raysplit run --resume {partial_dir(out)}`, or delete it")

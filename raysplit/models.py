@@ -7,6 +7,7 @@ conv1..pool2 and the server flatten..fc2.
 """
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from typing import Callable, Sequence
 
@@ -142,7 +143,8 @@ def cut_positions(model: nn.Sequential, cuts: Sequence[str | int], field: str = 
     for cut in cuts:
         if isinstance(cut, bool):
             raise ConfigError(field, cut, allowed)
-        if isinstance(cut, int) or (isinstance(cut, str) and cut.strip().lstrip("-").isdigit()):
+        # "3" names position 3; "²" or "٣" do not (str.isdigit and int() accept other scripts' digits)
+        if isinstance(cut, int) or (isinstance(cut, str) and re.fullmatch(r"\s*-?[0-9]+\s*", cut, re.ASCII)):
             pos = int(cut)
             if not 1 <= pos <= depth - 1:
                 raise ConfigError(field, cut, f"{allowed}; {model_name} has {depth} layers")

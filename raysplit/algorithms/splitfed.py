@@ -40,7 +40,7 @@ from raysplit.engine import SEGMENTS, SegmentServer, SegmentStore, party_id
 from raysplit.errors import ConfigError
 from raysplit.runtime import connect, start_hosts
 from raysplit.schedule import interleave, participants
-from raysplit.topology import CLIENT, ComposedNet
+from raysplit.topology import CLIENT, ComposedNet, Topology
 
 AVERAGING_POINT = "server"   # the party that averages the client-side weights (the "fed server")
 
@@ -192,11 +192,19 @@ class SplitFed(SplitNN):
     def __init__(self, plan: Plan, capture_ledger: bool = False, progress: bool = True):
         super().__init__(plan, capture_ledger, progress)
         topo, cfg = plan.topology, plan.cfg
-        if AVERAGING_POINT not in topo.roles or CLIENT not in topo.roles:
+        if self.supports_topology(topo):
             raise ConfigError("topology", cfg.topology, f"a topology with clients and a {AVERAGING_POINT} for splitfed")
         self.sizes = {k: len(idx) for k, idx in enumerate(plan.client_indices)}
         per_epoch = {k: math.ceil(n / cfg.training.batch_size) for k, n in self.sizes.items()}
         self.steps = {k: cfg.training.local_epochs * s for k, s in per_epoch.items()}
+
+    @classmethod
+    def supports_topology(cls, topology: Topology) -> str | None:
+        """None if SplitFed can train ``topology`` (checked by ``prepare``), else what it needs."""
+        if AVERAGING_POINT not in topology.roles or CLIENT not in topology.roles:
+            return (f"needs clients and a {AVERAGING_POINT} that averages their weights (topology {topology.name} "
+                    f"has parties {', '.join(topology.roles)})")
+        return None
 
     def start(self) -> None:
         p, cfg = self.plan, self.cfg

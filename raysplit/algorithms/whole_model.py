@@ -23,7 +23,7 @@ from raysplit.averaging import WeightedSums
 from raysplit.data import batches
 from raysplit.engine import detached_state, make_optimizer, party_id
 from raysplit.runtime import Hosts, connect, start_hosts, stop_hosts
-from raysplit.topology import CLIENT, ComposedNet
+from raysplit.topology import CLIENT, ComposedNet, Topology
 
 SERVER = "server"
 WHOLE = "whole"          # the key the programs are installed under
@@ -175,6 +175,15 @@ class WholeModelAlgorithm:
     def __init__(self, plan: Plan, capture_ledger: bool = False, progress: bool = True):
         self.plan, self.cfg, self.capture, self.progress = plan, plan.cfg, capture_ledger, progress
         self.hosts: Hosts | None = None
+
+    @classmethod
+    def supports_topology(cls, topology: Topology) -> str | None:
+        """None if this algorithm can train ``topology``, else what it needs (checked by ``prepare``): every
+        client trains the whole network, so the clients must hold every feature of their samples."""
+        if CLIENT not in topology.roles or topology.input_views:
+            return (f"trains the whole network at each {CLIENT}: it needs clients that hold every feature of their "
+                    f"samples (topology {topology.name} has parties {', '.join(topology.roles)})")
+        return None
 
     def start(self) -> None:
         p = self.plan
