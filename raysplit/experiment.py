@@ -32,6 +32,7 @@ from raysplit import config as config_mod
 from raysplit.accounting import Entry, role_of, summarize
 from raysplit.algorithms import ALGORITHMS, Plan
 from raysplit.config import ExperimentConfig, holder_names
+from raysplit.console import replay_startup
 from raysplit.data import Dataset, aligned_sample_ids, load_dataset, partition
 from raysplit.errors import ConfigError
 from raysplit.plugins import build_plugins
@@ -136,8 +137,9 @@ def run(cfg: ExperimentConfig, out_dir: str | Path | None = None, progress: bool
         _check_free(out)
     algo = ALGORITHMS.get(cfg.algorithm)(plan, capture_ledger=capture_ledger, progress=progress)
     rows, ledger_rows, flop_rows, all_entries = [], [], [], []
-    tmp, handler = None, None
+    tmp, handler, bar = None, None, None
     try:
+        log.info("starting party hosts on Ray%s ...", f" at {cfg.runtime.address}" if cfg.runtime.address else "")
         algo.start()                       # capacity and cluster errors surface here, before any file
         if write:
             tmp = out.parent / f".{out.name}.partial"
@@ -146,12 +148,13 @@ def run(cfg: ExperimentConfig, out_dir: str | Path | None = None, progress: bool
             handler = logging.FileHandler(tmp / "run.log")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             log.addHandler(handler)
+            replay_startup(handler)        # Ray's start-up lines: in run.log, not in the terminal
             (tmp / "config.yaml").write_text(yaml.safe_dump(config_mod.to_dict(cfg), sort_keys=False))
         log.info("%s: %s / %s / %s, %d clients on %s (%d train, %d test samples), %d rounds",
                  cfg.name, cfg.algorithm, cfg.topology, cfg.schedule, cfg.data.num_clients, cfg.data.dataset,
                  len(plan.dataset.train_y), len(plan.dataset.test_y), cfg.training.rounds)
-        bar = tqdm(range(cfg.training.rounds), desc=cfg.name, unit="round", disable=not progress)
-        for r in bar:
+        bar = tqdm(total=cfg.training.rounds, desc=cfg.name, unit="round", disable=not progress)
+        for r in range(cfg.training.rounds):
             t0 = time.perf_counter()
             train = algo.run_round(r)
             entries, flops, extra = algo.drain()
@@ -159,17 +162,20 @@ def run(cfg: ExperimentConfig, out_dir: str | Path | None = None, progress: bool
             evaluate_now = (r + 1) % cfg.runtime.eval_every == 0 or r == cfg.training.rounds - 1
             test = {t: (float("nan"), float("nan")) for t in plan.topology.tasks}
             if evaluate_now:
+                bar.set_description_str(f"{cfg.name} (round {r + 1}: evaluating)")
                 model = algo.model()
                 test = evaluate(model, plan.dataset.test_x, plan.dataset.test_y)
                 for p in plan.plugins:
                     extra.update(p.evaluate(model, plan.dataset))
+                bar.set_description_str(cfg.name, refresh=False)
             row = round_row(r, cfg, train, test, entries, flops, wall, extra)
             rows.append(row)
             ledger_rows += summarize(entries, raw=True)
             flop_rows += [dict(round=r + 1, party=p, role=role_of(p), phase=ph, flops=f) for (p, ph), f in sorted(flops.items())]
             if capture_ledger:
                 all_entries += entries
-            bar.set_postfix(test_acc=f"{row['test_acc']:.4f}")
+            bar.set_postfix(test_acc=f"{row['test_acc']:.4f}", refresh=False)
+            bar.update(1)                  # the count shown is the rounds done, with this round's accuracy
             log.info("round %d/%d: test_acc=%.4f train_loss=%.4f client TFLOPs/client=%.4g client GB/client=%.4g "
                      "wall=%.1fs", r + 1, cfg.training.rounds, row["test_acc"], row["train_loss"],
                      row["client_tflops_per_client"], row["client_gb_per_client"], wall)
@@ -178,6 +184,8 @@ def run(cfg: ExperimentConfig, out_dir: str | Path | None = None, progress: bool
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
+        if bar is not None:
+            bar.close()
         algo.stop()
         if handler:
             log.removeHandler(handler)

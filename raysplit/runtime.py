@@ -18,7 +18,7 @@ import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from raysplit import registry
+from raysplit import console, registry
 from raysplit.config import ExperimentConfig, Resources
 from raysplit.errors import ConfigError
 from raysplit.host import RemotePartyHost
@@ -32,6 +32,7 @@ def connect(address: str | None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    console.quiet_ray()          # the command line keeps Ray's start-up lines for run.log, off the terminal
     kwargs: dict[str, Any] = dict(include_dashboard=False, configure_logging=False, log_to_driver=True)
     if address:
         import raysplit
