@@ -125,6 +125,17 @@ def _config_args(p: argparse.ArgumentParser, address: bool = True) -> None:
         p.add_argument("--address", help="attach to a running Ray cluster (e.g. auto, HEAD_IP:6379)")
 
 
+VALIDATE_HELP = "check configs (data, model, cuts): one line each; exit 2 if any is bad"
+
+
+def _validate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("config", nargs="+", help="experiment YAMLs")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field (in every config)")
+    p.add_argument("--print", action="store_true", help="also print each config resolved (all its fields)")
+    p.set_defaults(fn=cmd_validate)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raysplit", description="Split learning vs federated learning on Ray.",
                                      epilog="raysplit -v COMMAND ...: also show Ray's start-up lines")
@@ -152,11 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="sweep directory (default results/<name>-sweep-<timestamp>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_sweep)
-    p = sub.add_parser("validate", help="check configs (data, model, cuts): one line each; exit 2 if any is bad")
-    p.add_argument("config", nargs="+", help="experiment YAMLs")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field (in every config)")
-    p.add_argument("--print", action="store_true", help="also print each config resolved (all its fields)")
-    p.set_defaults(fn=cmd_validate)
+    _validate_args(sub.add_parser("validate", help=VALIDATE_HELP))
     # these parse their own arguments (main hands them over before this parser runs); listed here for -h
     sub.add_parser("costs", help="analytic cost model and the papers' tables (see `raysplit costs -h`)")
     sub.add_parser("codecs", help="train a config under each cut-layer codec setting: accuracy vs client GB "
@@ -172,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         argv = argv[1:]
     if argv and argv[0] in PASSTHROUGH:
         command, parse = argv[0], lambda: None
+    elif argv and argv[0] == "validate":       # configs and options intermixed: validate a.yaml --set x b.yaml
+        parser = _validate_args(argparse.ArgumentParser(prog="raysplit validate", description=VALIDATE_HELP))
+        command, parse = None, lambda: parser.parse_intermixed_args(argv[1:])
     else:
         command, parse = None, lambda: build_parser().parse_args(argv)
     args = parse()

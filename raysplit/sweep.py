@@ -91,7 +91,14 @@ class Trial:
     point: dict                       # field -> value
     overrides: list[str]              # the base overrides, then the point's
     out: Path
-    bundles: list[dict]               # the party hosts' resource requests (placement-group bundles)
+    requests: list                    # (config field, Resources) of each party host the run starts
+
+    @property
+    def bundles(self) -> list[dict]:
+        """The party hosts' placement-group bundles (hosts that request nothing need none)."""
+        from raysplit.runtime import bundle
+
+        return [b for b in (bundle(r) for _, r in self.requests) if b]
 
 
 @dataclass
@@ -100,15 +107,15 @@ class SweepResult:
     table: pd.DataFrame
 
 
-def host_bundles(cfg, plan) -> list[dict]:
-    """One bundle per party host the run will start (as ``runtime.start_hosts`` places them)."""
-    from raysplit.runtime import bundle
+def host_requests(cfg, plan) -> list:
+    """(field, Resources) per party host the run will start, as ``runtime.start_hosts`` counts them (at
+    least one non-client host: the whole-model algorithms start just the server)."""
     from raysplit.topology import CLIENT
 
     roles = plan.topology.roles
     n_workers = min(cfg.runtime.workers, len(plan.client_indices)) if CLIENT in roles else 0
     others = max(1, len([r for r in roles if r != CLIENT]))
-    return [b for b in [bundle(cfg.runtime.worker)] * n_workers + [bundle(cfg.runtime.server)] * others if b]
+    return [("runtime.worker", cfg.runtime.worker)] * n_workers + [("runtime.server", cfg.runtime.server)] * others
 
 
 def plan_trials(config_path, overrides: list[str], grid: dict[str, list], out: Path) -> list[Trial]:
@@ -129,7 +136,7 @@ def plan_trials(config_path, overrides: list[str], grid: dict[str, list], out: P
             raise ConfigError("runtime.placement", cfg.runtime.placement,
                               "null in a sweep (each trial reserves its party hosts as one placement group)")
         name = f"{i:03d}-{_slug(point)}"
-        trials.append(Trial(name, point, [*overrides, *extra], out / "trials" / name, host_bundles(cfg, plan)))
+        trials.append(Trial(name, point, [*overrides, *extra], out / "trials" / name, host_requests(cfg, plan)))
     return trials
 
 
@@ -177,7 +184,7 @@ def sweep(config_path, overrides: list[str], grid: dict[str, list], out_dir=None
     from tqdm import tqdm
 
     from raysplit.experiment import _check_free
-    from raysplit.runtime import connect
+    from raysplit.runtime import check_capacity, connect
 
     config_path = str(Path(config_path).resolve())
     base = base or config_mod.load(config_path, overrides)
@@ -185,6 +192,11 @@ def sweep(config_path, overrides: list[str], grid: dict[str, list], out_dir=None
     _check_free(out)
     trials = plan_trials(config_path, overrides, grid, out)
     connect(base.runtime.address)
+    for t in trials:          # a trial the cluster can never place would wait forever: refuse it now
+        try:
+            check_capacity(t.requests)
+        except ConfigError as e:
+            raise ConfigError(e.field, e.value, f"{e.allowed} (in the sweep's grid point {t.point})") from None
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(config_mod.to_dict(base), sort_keys=False))
     (out / "grid.yaml").write_text(yaml.safe_dump(grid, sort_keys=False, default_flow_style=None))
