@@ -120,16 +120,20 @@ def host_requests(cfg, plan) -> list:
 
 def plan_trials(config_path, overrides: list[str], grid: dict[str, list], out: Path) -> list[Trial]:
     """Every grid point as a trial, each checked as ``raysplit validate`` checks a config."""
+    from raysplit.data import load_dataset
     from raysplit.experiment import prepare
 
-    trials = []
+    trials, datasets = [], {}
     keys = list(grid)
     for i, values in enumerate(itertools.product(*grid.values())):
         point = dict(zip(keys, values))
         extra = [f"{k}={json.dumps(v)}" for k, v in point.items()]
         try:
             cfg = config_mod.load(config_path, [*overrides, *extra])
-            plan = prepare(cfg)
+            key = json.dumps([config_mod.to_dict(cfg)["data"], cfg.seed], sort_keys=True, default=str)
+            if key not in datasets:                      # grid points that share data load it once
+                datasets[key] = load_dataset(cfg.data, cfg.seed)
+            plan = prepare(cfg, datasets[key])
         except ConfigError as e:
             raise ConfigError(e.field, e.value, f"{e.allowed} (in the sweep's grid point {point})") from None
         if cfg.runtime.placement is not None:
@@ -235,11 +239,18 @@ def sweep(config_path, overrides: list[str], grid: dict[str, list], out_dir=None
         shutil.rmtree(storage, ignore_errors=True)
     by_trial = {}
     for r in results:
-        i = r.config["trial"]
         metrics = dict(r.metrics or {})
         if r.error is not None and not metrics.get("error"):
             metrics["error"] = f"{type(r.error).__name__}: {r.error}".splitlines()[0]
-        by_trial[i] = metrics
+        by_trial[r.config["trial"]] = metrics
+    table = trials_table(trials, by_trial)
+    table.to_csv(out / "trials.csv", index=False)
+    plot_sweep(table, list(grid), out, title=base.name)
+    return SweepResult(out, table)
+
+
+def trials_table(trials: list[Trial], by_trial: dict[int, dict]) -> pd.DataFrame:
+    """One row per trial: its grid values, its figures (NaN where it failed), its results directory, its error."""
     rows = []
     for i, t in enumerate(trials):
         m = by_trial.get(i, {"error": "the trial did not run"})
@@ -248,10 +259,7 @@ def sweep(config_path, overrides: list[str], grid: dict[str, list], out_dir=None
         row["results"] = str(t.out) if (t.out / "summary.json").is_file() else ""
         row["error"] = m.get("error") or None
         rows.append(row)
-    table = pd.DataFrame(rows)
-    table.to_csv(out / "trials.csv", index=False)
-    plot_sweep(table, list(grid), out, title=base.name)
-    return SweepResult(out, table)
+    return pd.DataFrame(rows)
 
 
 def _cell(v):

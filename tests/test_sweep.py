@@ -58,3 +58,25 @@ def test_sweep_2x2_equals_direct_runs(ray_session, tmp_path):
         assert row["wall_s"] > 0
     # the figures differ between grid points (the test would not notice a sweep that ran one config four times)
     assert table["client_gb_per_client"].nunique() == 4
+
+
+def test_a_failing_trial_reports_its_error_line_and_the_table_keeps_the_others(tmp_path, monkeypatch):
+    from ray import tune
+
+    from raysplit import sweep as sweep_mod
+
+    trials = sweep_mod.plan_trials(QUICK, TINY, {"training.lr": [0.05, 0.1]}, tmp_path / "sw")
+    busy = trials[1].out
+    busy.mkdir(parents=True)
+    (busy / "other.txt").write_text("x")           # its results directory is taken: experiment.run refuses
+    reported = []
+    monkeypatch.setattr(tune, "report", reported.append)
+    sweep_mod._trainable(trials, QUICK, str(tmp_path))({"trial": 1})
+    assert reported == [{"error": f"ConfigError: output_dir: {str(busy)!r} is not allowed; expected a directory "
+                                  "that does not exist yet or is empty"}]
+    ok = {k: 0.5 for k in FIGURES} | {"error": ""}
+    table = sweep_mod.trials_table(trials, {0: ok, 1: reported[0]})
+    assert list(table["training.lr"]) == [0.05, 0.1]
+    assert table["error"].isna().tolist() == [True, False] and table["error"][1].startswith("ConfigError: output_dir")
+    assert table.loc[0, "final_test_acc"] == 0.5 and pd.isna(table.loc[1, "final_test_acc"])
+    assert table.loc[1, "results"] == ""           # no results directory for the failed trial
