@@ -60,17 +60,21 @@ class _StartupBuffer(logging.Handler):
 
 
 _buffer: _StartupBuffer | None = None
+_installed: list[logging.Handler] = []
 
 
 def setup(verbose: bool = False) -> None:
     """Configure logging for the command line (called once by ``raysplit.cli.main``)."""
-    global _buffer
+    global _buffer, _installed
     root = logging.getLogger()
+    for h in _installed:               # called again in the same process (tests): replace, never stack
+        root.removeHandler(h)
     console = TqdmHandler()
     console.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
     console.addFilter(_ConsoleFilter(verbose))
     _buffer = _StartupBuffer()
-    for h in (console, _buffer):
+    _installed = [console, _buffer]
+    for h in _installed:
         root.addHandler(h)
     root.setLevel(logging.INFO)
     quiet_ray()

@@ -150,3 +150,9 @@ def test_readme_python_example_runs_verbatim(ray_session, tmp_path, monkeypatch,
     assert result.out_dir.parent == Path("results") and (tmp_path / result.out_dir / "metrics.csv").is_file()
     assert (result.metrics["num_clients"] == 4).all()
     assert f"raysplit {_pyproject_version()}" in capsys.readouterr().out
+
+
+def test_console_setup_twice_does_not_stack_handlers(cli_logging):
+    console.setup()
+    ours = [h for h in logging.getLogger().handlers if isinstance(h, console.TqdmHandler)]
+    assert len(ours) == 1
