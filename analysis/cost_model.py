@@ -337,10 +337,13 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="raysplit costs", description="Analytic cost model and the papers' tables.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    t = sub.add_parser("tables", help="regenerate the paper tables (Markdown)")
-    t.add_argument("--out", default=str(ANALYSIS_DIR / "paper_tables.md"))
+    t = sub.add_parser("tables", help="regenerate the paper tables (Markdown; a few minutes on a CPU)")
+    t.add_argument("--out", default="paper_tables.md",
+                   help="where to write them (default: paper_tables.md in the current directory)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
     c = sub.add_parser("crossover", help="plot SplitNN vs FedAvg bytes per client against the number of clients")
-    c.add_argument("--out", default=str(ANALYSIS_DIR / "figures" / "crossover.png"))
+    c.add_argument("--out", default="crossover.png",
+                   help="where to write the figure (default: crossover.png in the current directory)")
     q = sub.add_parser("query", help="FLOPs and bytes per client of the three methods")
     q.add_argument("--model", required=True)
     q.add_argument("--input-shape", required=True, help="e.g. 1,28,28")
@@ -365,12 +368,12 @@ def main(argv: list[str] | None = None) -> int:
             print(query_table(args))
         elif args.command == "tables":
             from analysis.paper_tables import write_tables
-            print(f"wrote {write_tables(args.out)}")
+            print(f"wrote {write_tables(args.out, progress=not args.quiet)}")
         elif args.command == "crossover":
             from analysis.crossover import plot_crossover
             print(f"wrote {plot_crossover(args.out)}")
     except RaysplitError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"raysplit: error: {err}", file=sys.stderr)
         return 2
     return 0
 

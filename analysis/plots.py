@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="raysplit plot", description=__doc__.splitlines()[0])
     ap.add_argument("results", nargs="+", help="results directories (runs or comparisons)")
     ap.add_argument("--out", help="where to write the figures and report.md (default: <first results dir>/report)")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)      # options before, between or after the directories
     try:
         written = make_report(args.results, args.out or Path(args.results[0]) / "report")
     except RaysplitError as e:

@@ -1,14 +1,19 @@
-"""The ``raysplit`` command: run | compare | validate | infer | costs | codecs | plot."""
+"""The ``raysplit`` command: run | compare | sweep | validate | infer | costs | codecs | plot."""
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
 from pathlib import Path
 
 from raysplit.errors import ConfigError, Interrupted, RaysplitError
+
+
+def _version() -> str:
+    import raysplit
+
+    return raysplit.__version__
 
 
 def _load(args):
@@ -18,6 +23,15 @@ def _load(args):
     if getattr(args, "address", None):
         overrides.append(f"runtime.address={args.address}")
     return config.load(args.config, overrides)
+
+
+def _done(out_dir, figures: str | None = None) -> None:
+    """The closing block: where the results are and the command that plots them."""
+    print(f"results: {out_dir}")
+    if figures:
+        print(f"figures: {figures}")
+    else:
+        print(f"plot:    raysplit plot {out_dir} --out {out_dir}/report")
 
 
 def cmd_run(args) -> int:
@@ -33,15 +47,18 @@ def cmd_run(args) -> int:
         if not (resume / "config.yaml").is_file():
             raise ConfigError("--resume", args.resume, "the .NAME.partial directory of an interrupted run (it holds "
                               "config.yaml and checkpoints/)")
-        cfg = config.load(resume / "config.yaml", [f"runtime.address={args.address}"] if args.address else [])
+        cfg = config.load(resume / "config.yaml", _address(args))
         result = run(cfg, progress=not args.quiet, resume=resume)
     else:
         if not args.config:
             raise ConfigError("config", None, "a config file (raysplit run CONFIG), or --resume DIR")
-        result = run(_load(args), out_dir=args.out, progress=not args.quiet)
+        cfg = _load(args)
+        result = run(cfg, out_dir=args.out, progress=not args.quiet)
     last = result.metrics.iloc[-1]
-    print(f"test accuracy {last['test_acc']:.4f} after {int(last['round'])} rounds; "
-          f"results in {result.out_dir}")
+    print(f"\ndone: {cfg.name}, test accuracy {last['test_acc']:.4f} after {int(last['round'])} rounds; "
+          f"client {last['client_tflops_per_client_cum']:.4g} TFLOPs and {last['client_gb_per_client_cum']:.4g} GB "
+          f"per client; {last['wall_s_cum']:.1f} s")
+    _done(result.out_dir)
     return 0
 
 
@@ -50,33 +67,67 @@ def cmd_compare(args) -> int:
 
     cfg = _load(args)
     result = compare(cfg, out_dir=args.out, progress=not args.quiet)
+    print()
     print(result.table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"results in {result.out_dir}")
+    report = None
     if not args.no_plots:
         from analysis.plots import make_report
 
-        print(f"report: {make_report([result.out_dir], result.out_dir / 'report')['report']}")
+        report = make_report([result.out_dir], result.out_dir / "report")["report"]
+    _done(result.out_dir, report)
     return 0
+
+
+def cmd_sweep(args) -> int:
+    from raysplit import sweep
+
+    base = _load(args)           # the config and --set are checked before any grid point
+    result = sweep.sweep(args.config, list(args.set or []) + _address(args), sweep.parse_grid(args.grid),
+                         out_dir=args.out, progress=not args.quiet, base=base)
+    print()
+    shown = result.table.drop(columns=["results"]).fillna({"error": ""})
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    failed = int(result.table["error"].notna().sum())
+    if failed:
+        print(f"{failed} of {len(result.table)} trials failed (see the error column)")
+    print(f"results: {result.out_dir}\ntable:   {result.out_dir / 'trials.csv'}\nfigures: {result.out_dir}/*.png")
+    return 1 if failed == len(result.table) else 0
+
+
+def _address(args) -> list[str]:
+    return [f"runtime.address={args.address}"] if getattr(args, "address", None) else []
 
 
 def cmd_validate(args) -> int:
+    """One line per config: ok, or the error; exit 2 if any is bad."""
     import yaml
 
     from raysplit import config
+    from raysplit.errors import RaysplitError
     from raysplit.experiment import prepare
 
-    cfg = _load(args)
-    plan = prepare(cfg)
-    print(yaml.safe_dump(config.to_dict(cfg), sort_keys=False), end="")
-    print(f"# ok: {len(plan.dataset.train_y)} training samples over {cfg.data.num_clients} clients; "
-          f"segments: {', '.join(f'{s.name}@{s.owner}' for s in plan.topology.segments)}")
-    return 0
+    bad = 0
+    for path in args.config:
+        try:
+            cfg = config.load(path, list(args.set or []))
+            plan = prepare(cfg)
+        except RaysplitError as e:
+            bad += 1
+            print(f"raysplit: error: {path}: {e}", file=sys.stderr)
+            continue
+        if args.print:
+            print(yaml.safe_dump(config.to_dict(cfg), sort_keys=False), end="")
+        segments = ", ".join(f"{s.name}@{s.owner}" for s in plan.topology.segments)
+        print(f"ok: {path} ({cfg.algorithm}, {cfg.topology}; {len(plan.dataset.train_y)} training samples over "
+              f"{cfg.data.num_clients} clients; segments: {segments})")
+    return 2 if bad else 0
 
 
-def cmd_costs(args) -> int:
-    from analysis import cost_model
+def _passthrough(module: str, argv: list[str]) -> int:
+    """costs | codecs | plot: their own parsers take every argument, -h included, in any order."""
+    import importlib
 
-    return cost_model.main(args.rest)
+    return importlib.import_module(module).main(argv)
 
 
 def cmd_infer(args) -> int:
@@ -86,31 +137,38 @@ def cmd_infer(args) -> int:
     s = result.summary
     acc = f"accuracy {s['accuracy']:.4f}, " if "accuracy" in s else ""
     print(f"{acc}{s['samples']} samples in {s['batches']} batches, median latency {s['latency_ms_median']:.1f} ms "
-          f"per batch; results in {result.out_dir}")
+          f"per batch")
+    print(f"results: {result.out_dir}")
     return 0
 
 
-def cmd_codecs(args) -> int:
-    from analysis import codecs
-
-    return codecs.main(args.rest)
+PASSTHROUGH = {"costs": "analysis.cost_model", "codecs": "analysis.codecs", "plot": "analysis.plots"}
 
 
-def cmd_plot(args) -> int:
-    from analysis import plots
-
-    return plots.main(args.rest)
-
-
-def _config_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
+def _config_args(p: argparse.ArgumentParser, address: bool = True, optional: bool = False) -> None:
     p.add_argument("config", nargs="?" if optional else None, help="experiment YAML (see experiments/)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config field, e.g. --set training.lr=0.01 --set data.num_clients=100")
-    p.add_argument("--address", help="attach to a running Ray cluster (e.g. auto, ray://head:10001)")
+    if address:
+        p.add_argument("--address", help="attach to a running Ray cluster (e.g. auto, HEAD_IP:6379)")
+
+
+VALIDATE_HELP = "check configs (data, model, cuts): one line each; exit 2 if any is bad"
+
+
+def _validate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("config", nargs="+", help="experiment YAMLs")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field (in every config)")
+    p.add_argument("--print", action="store_true", help="also print each config resolved (all its fields)")
+    p.set_defaults(fn=cmd_validate)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="raysplit", description="Split learning vs federated learning on Ray.")
+    parser = argparse.ArgumentParser(prog="raysplit", description="Split learning vs federated learning on Ray.",
+                                     epilog="raysplit -v COMMAND ...: also show Ray's start-up lines")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show Ray's start-up lines (always in run.log)")
+    parser.add_argument("-V", "--version", action="version", version=f"raysplit {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="train one experiment and write a results directory")
     _config_args(p, optional=True)      # not with --resume
@@ -126,13 +184,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--no-plots", action="store_true", help="skip the figures and report.md (written to <out>/report)")
     p.set_defaults(fn=cmd_compare)
-    p = sub.add_parser("validate", help="check a config (data, model, cuts) and print it resolved")
+    p = sub.add_parser("sweep", help="run a config at every point of a parameter grid, one Ray Tune trial each; "
+                                     "a table and plots across trials")
     _config_args(p)
-    p.set_defaults(fn=cmd_validate)
-    p = sub.add_parser("costs", help="analytic cost model and the papers' tables (see `raysplit costs -h`)",
-                       add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(fn=cmd_costs)
+    p.add_argument("--grid", action="append", required=True, metavar="KEY=VALUES",
+                   help="a swept field and its values: --grid data.num_clients=10,100 or "
+                        "--grid model.cut_layers=[[pool1],[pool2]] (repeat for a grid over several fields)")
+    p.add_argument("--out", help="sweep directory (default results/<name>-sweep-<timestamp>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_sweep)
+    _validate_args(sub.add_parser("validate", help=VALIDATE_HELP))
     p = sub.add_parser("infer", help="split inference with a finished run's trained parties (activations forward only)")
     p.add_argument("results", metavar="RESULTS_DIR", help="a finished run's results directory")
     p.add_argument("--data", default="test", help="test (the config's test set) or an .npz file with x (and y)")
@@ -140,14 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="attach to a running Ray cluster (e.g. auto)")
     p.add_argument("--out", help="where to write (default RESULTS_DIR/inference)")
     p.set_defaults(fn=cmd_infer)
-    p = sub.add_parser("codecs", help="train a config under each cut-layer codec setting: accuracy vs client GB "
-                                      "(see `raysplit codecs -h`)", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(fn=cmd_codecs)
-    p = sub.add_parser("plot", help="figures and a report from results directories (see `raysplit plot -h`)",
-                       add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(fn=cmd_plot)
+    # these parse their own arguments (main hands them over before this parser runs); listed here for -h
+    sub.add_parser("costs", help="analytic cost model and the papers' tables (see `raysplit costs -h`)")
+    sub.add_parser("codecs", help="train a config under each cut-layer codec setting: accuracy vs client GB "
+                                  "(see `raysplit codecs -h`)")
+    sub.add_parser("plot", help="figures and a report from results directories (see `raysplit plot -h`)")
     return parser
 
 
@@ -176,64 +234,38 @@ def _shutdown_ray() -> None:
             ray.shutdown()
 
 
-class SetupHeldBack(logging.StreamHandler):
-    """raysplit's log on stderr, except that the setup lines (``runtime.py``: Ray's resources, party hosts
-    ready) are held back until the run logs something itself: input refused during setup (e.g. more CPUs
-    than the cluster has) then leaves exactly one line on stderr, its error."""
-
-    SETUP_MODULES = ("runtime",)
-
-    def __init__(self):
-        super().__init__(sys.stderr)
-        self.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
-        self.held: list[logging.LogRecord] = []
-        self.released = False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if not self.released and record.module in self.SETUP_MODULES:
-            self.held.append(record)
-            return
-        self.show_held()
-        self._emit(record)
-
-    def _emit(self, record: logging.LogRecord) -> None:
-        self.stream = sys.stderr            # the current one (tests capture it per test)
-        super().emit(record)
-
-    def show_held(self) -> None:        # (not ``release``: that is the handler's lock)
-        self.released = True
-        held, self.held = self.held, []
-        for record in held:
-            self._emit(record)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    verbose = "-v" in argv[:1] or "--verbose" in argv[:1]
+    if verbose:
+        argv = argv[1:]
+    if argv and argv[0] in PASSTHROUGH:
+        command, parse = argv[0], lambda: None
+    elif argv and argv[0] == "validate":       # configs and options intermixed: validate a.yaml --set x b.yaml
+        parser = _validate_args(argparse.ArgumentParser(prog="raysplit validate", description=VALIDATE_HELP))
+        command, parse = None, lambda: parser.parse_intermixed_args(argv[1:])
+    else:
+        command, parse = None, lambda: build_parser().parse_args(argv)
+    args = parse()
+    from raysplit import console
+
+    console.setup(verbose=verbose)
     _stop_on_signals()
-    log = logging.getLogger("raysplit")
-    handler, propagate, level = SetupHeldBack(), log.propagate, log.level
-    log.addHandler(handler)
-    log.propagate = False                   # this handler prints raysplit's lines (not the root's as well)
-    log.setLevel(logging.INFO)
     try:
-        code = args.fn(args)
-        handler.show_held()
-        return code
+        if command:
+            return _passthrough(PASSTHROUGH[command], argv[1:])
+        return args.fn(args)
     except RaysplitError as e:
-        handler.held.clear()                # the setup that led to the refusal is not worth a line
+        console.drop_setup()                # the setup that led to the refusal is not worth a line
         print(f"raysplit: error: {e}{_resume_hint(args, e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt as e:
-        handler.show_held()
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
         print(f"raysplit: interrupted ({signal.Signals(signum).name}){_resume_hint(args, e)}", file=sys.stderr)
         _shutdown_ray()
         return 128 + signum
     finally:
-        handler.show_held()
-        log.removeHandler(handler)
-        log.propagate, log.level = propagate, level
+        console.show_setup()
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from raysplit.algorithms import ALGORITHMS, Plan
 from raysplit.attacks import gradient_receivers
 from raysplit.checkpoint import Checkpoint, Checkpoints
 from raysplit.config import ExperimentConfig, holder_names
+from raysplit.console import replay_startup
 from raysplit.data import Dataset, aligned_sample_ids, load_dataset, partition
 from raysplit.errors import ConfigError, PartyLost
 from raysplit.plugins import DriverContext, Plugins, build_plugins
@@ -322,12 +323,14 @@ class _Run:
         wall = time.perf_counter() - t0
         test = {t: (float("nan"), float("nan")) for t in plan.topology.tasks}
         if (r + 1) % cfg.runtime.eval_every == 0 or r == cfg.training.rounds - 1:
+            self.bar.set_description_str(f"{cfg.name} (round {r + 1}: evaluating)")
             self.model = algo.model()
             test = evaluate(self.model, plan.dataset.test_x, plan.dataset.test_y)
             context = DriverContext(r + 1, self.tmp, self.driver_plugins)
             for p in plan.plugins:
                 p.driver = context
                 extra.update(p.evaluate(self.model, plan.dataset))
+            self.bar.set_description_str(cfg.name, refresh=False)
         row = round_row(r, cfg, train, test, entries, flops, wall, extra)
         self.results["rows"].append(row)
         self.results["ledger_rows"] += [{**x, "round": x["round"] + 1} for x in summarize(entries, raw=True)]
@@ -355,7 +358,14 @@ class _Run:
 
     def loop(self, progress: bool) -> None:
         cfg, rounds = self.cfg, self.cfg.training.rounds
-        bar = tqdm(total=rounds, initial=self.done, desc=cfg.name, unit="round", disable=not progress)
+        self.bar = bar = tqdm(total=rounds, initial=self.done, desc=cfg.name, unit="round", disable=not progress)
+        try:
+            self._loop(bar)
+        finally:
+            bar.close()
+
+    def _loop(self, bar) -> None:
+        cfg, rounds = self.cfg, self.cfg.training.rounds
         while self.done < rounds:
             r = self.done
             try:
@@ -372,12 +382,11 @@ class _Run:
                 t0 = time.perf_counter()        # the cost of a checkpoint: gathering the state and writing it
                 nbytes = self.checkpoints.save(Checkpoint(self.done, self.algo.state(), self.results))
                 log.info("checkpoint after round %d: %.2fs, %.1f MB", self.done, time.perf_counter() - t0, nbytes / 1e6)
-            bar.update(1)
-            bar.set_postfix(test_acc=f"{row['test_acc']:.4f}")
+            bar.set_postfix(test_acc=f"{row['test_acc']:.4f}", refresh=False)
+            bar.update(1)                      # the count shown is the rounds done, with this round's accuracy
             log.info("round %d/%d: test_acc=%.4f train_loss=%.4f client TFLOPs/client=%.4g client GB/client=%.4g "
                      "wall=%.1fs", r + 1, rounds, row["test_acc"], row["train_loss"],
                      row["client_tflops_per_client"], row["client_gb_per_client"], row["wall_s"])
-        bar.close()
 
 
 def run(cfg: ExperimentConfig, out_dir: str | Path | None = None, progress: bool = True,
@@ -402,12 +411,14 @@ def run(cfg: ExperimentConfig, out_dir: str | Path | None = None, progress: bool
     state = _Run(cfg, plan, algo, Checkpoints(ck_dir, rt.keep_checkpoints), tmp if write else None, capture_ledger)
     handler = None
     try:
+        log.info("starting party hosts on Ray%s ...", f" at {cfg.runtime.address}" if cfg.runtime.address else "")
         algo.start()                       # capacity and cluster errors surface here, before any file
         if write:
             tmp.mkdir(parents=True, exist_ok=resume is not None)
             handler = logging.FileHandler(tmp / "run.log")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             log.addHandler(handler)
+            replay_startup(handler)        # Ray's start-up lines: in run.log, not in the terminal
             if resume is None:
                 (tmp / "config.yaml").write_text(yaml.safe_dump(config_mod.to_dict(cfg), sort_keys=False))
         log.info("%s: %s / %s / %s, %d clients on %s (%d train, %d test samples), %d rounds",

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from raysplit.accounting import Encoded, Parcel, count_flops
+from raysplit.accounting import Encoded, Parcel
 from raysplit.errors import ConfigError
 from raysplit.registry import Registry
 

@@ -22,7 +22,7 @@ import torch
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from raysplit import registry
+from raysplit import console, registry
 from raysplit.config import ExperimentConfig, Resources
 from raysplit.errors import ConfigError
 from raysplit.host import RemotePartyHost
@@ -56,6 +56,7 @@ def connect(address: str | None) -> None:
 
 def _init(address: str | None) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    console.quiet_ray()          # the command line keeps Ray's start-up lines for run.log, off the terminal
     kwargs: dict[str, Any] = dict(include_dashboard=False, configure_logging=False, log_to_driver=True)
     if address:
         _check_reachable(address)
@@ -66,7 +67,8 @@ def _init(address: str | None) -> None:
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise ConfigError("runtime.address", address, f"the address of a running Ray cluster ({e})") from None
+            raise ConfigError("runtime.address", address,
+                              f"the address of a running Ray cluster ({e}){_why_refused(address)}") from None
     else:
         # Ray starts its workers at nice 15; party hosts are the workload, and at nice 15 they all but stop
         # whenever anything else runs on the machine (measured by the FedAvg benchmark: rounds 1.2-1.6x a plain
@@ -93,6 +95,47 @@ def _check_reachable(address: str) -> None:
     except (OSError, ValueError) as e:
         raise ConfigError("runtime.address", address, f"the address of a running Ray cluster, reachable from here "
                           f"(no answer from {host}:{port} within {CONNECT_TIMEOUT_S}s: {e})") from None
+
+
+def _listening(address: str) -> bool:
+    """Whether something accepts TCP connections at HOST:PORT (False for other address forms)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return False
+    try:
+        with socket.create_connection((host, int(port)), timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+def _why_refused(address: str) -> str:
+    """Ray only says "Failed to connect"; when a cluster does listen there, say what to set. Ray >= 2.5x starts
+    clusters with token authentication (``ray start --head`` and every local run use ~/.ray/auth_token), but a
+    driver attaching to a running cluster sends no token unless RAY_AUTH_MODE=token: it is refused with
+    InvalidAuthToken warnings."""
+    if not _listening(address):
+        return ""
+    mode = os.environ.get("RAY_AUTH_MODE", "").lower()
+    local = os.path.expanduser("~/.ray/auth_token")
+    source = "RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else "RAY_AUTH_TOKEN_PATH" \
+        if os.environ.get("RAY_AUTH_TOKEN_PATH") else local if os.path.exists(local) else None
+    head = "the cluster's token (`ray get-auth-token` on the head node prints it)"
+    if mode == "token":
+        return (f"; a Ray cluster listens there but refused this driver's token (from {source or 'nowhere'}): set "
+                f"RAY_AUTH_TOKEN to {head}, or RAY_AUTH_TOKEN_PATH to a file holding it")
+    if mode == "disabled":
+        return (f"; a Ray cluster listens there but refused this driver: with RAY_AUTH_MODE=disabled no token is "
+                f"sent; set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN to {head}")
+    where = "" if source == local else f" and RAY_AUTH_TOKEN to {head}" if source is None else \
+        f" ({source} must hold {head})"
+    return (f"; a Ray cluster listens there but refused this driver (Ray's InvalidAuthToken warnings: the "
+            f"cluster uses token authentication and a driver attaching to it sends no token by default): set "
+            f"RAY_AUTH_MODE=token{where}"
+            + (f" (the token is read from {local}; it must be the cluster's: `ray get-auth-token` on the head "
+               f"node prints it)" if source == local else ""))
 
 
 def threads_for(res: Resources) -> int:

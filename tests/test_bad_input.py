@@ -25,7 +25,6 @@ import pytest
 import yaml
 
 from raysplit import cli, config, data
-from raysplit.data import Dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "experiments").glob("*.yaml")) + sorted((ROOT / "experiments" / "paper").glob("*.yaml"))

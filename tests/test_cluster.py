@@ -81,7 +81,8 @@ def test_cluster_yaml_passes_rays_own_validation(path):
     raw = yaml.safe_load((ROOT / path).read_text())
     validate_config(prepare_config(raw))
     setup = " ".join(raw["setup_commands"])
-    assert "dataset-fashion-mnist" in setup and "-e ~/raysplit" in setup
+    assert "dataset-fashion-mnist" in setup and '-e "$HOME/raysplit[cluster]"' in setup   # Ray pinned by the extra
+    assert {"**/.venv", "**/results"} <= set(raw["rsync_exclude"])
     broken = dict(raw, setup_comands=raw["setup_commands"])   # the validation can fail
     with pytest.raises(Exception, match="setup_comands"):
         validate_config(prepare_config(broken))

@@ -1,0 +1,82 @@
+"""raysplit sweep: every grid point a Ray Tune trial; the table's figures equal direct runs of the same configs."""
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from raysplit import cli, config
+from raysplit.errors import ConfigError
+from raysplit.experiment import run
+from raysplit.sweep import FIGURES, parse_grid, sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = str(ROOT / "experiments" / "quickstart_synthetic.yaml")
+# four trials at once on the test's 2 CPUs
+TINY = ["runtime.worker.num_cpus=0.25", "runtime.server.num_cpus=0.25"]
+
+
+def test_parse_grid():
+    assert parse_grid(["data.num_clients=10,100", "model.cut_layers=[[pool1],[pool2]]"]) == {
+        "data.num_clients": [10, 100], "model.cut_layers": [["pool1"], ["pool2"]]}
+    assert parse_grid(["model.cut_layers=[pool1],[pool2]"]) == {"model.cut_layers": [["pool1"], ["pool2"]]}
+    assert parse_grid(["training.lr=0.1"]) == {"training.lr": [0.1]}
+    for bad in (["data.num_clients"], ["=1,2"], ["a=1", "a=2"]):
+        with pytest.raises(ConfigError):
+            parse_grid(bad)
+
+
+def test_a_bad_grid_point_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "sw"
+    code = cli.main(["sweep", QUICK, "--grid", "model.cut_layers=[[pool1],[nope]]", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("raysplit: error: model.cut_layers: 'nope'") and "grid point" in err[0]
+    assert not out.exists()
+
+
+def test_sweep_2x2_equals_direct_runs(ray_session, tmp_path):
+    grid = {"model.cut_layers": [["pool1"], ["conv2"]], "data.num_clients": [2, 4]}
+    result = sweep(QUICK, TINY, grid, out_dir=tmp_path / "sw", progress=False)
+    out = result.out_dir
+    table = pd.read_csv(out / "trials.csv")
+    assert len(table) == 4 and table["error"].isna().all()
+    assert sorted(p.name for p in (out / "trials").iterdir()) == list(table["trial"])
+    assert {(c, n) for c, n in zip(table["model.cut_layers"], table["data.num_clients"])} == {
+        ('["pool1"]', 2), ('["pool1"]', 4), ('["conv2"]', 2), ('["conv2"]', 4)}
+    for name in ("sweep_model.cut_layers.png", "sweep_data.num_clients.png"):
+        assert (out / name).stat().st_size > 10_000
+    for _, row in table.iterrows():
+        trial_dir = Path(row["results"])
+        assert trial_dir.parent == out / "trials" and (trial_dir / "metrics.csv").is_file()
+        overrides = [*TINY, f"model.cut_layers={row['model.cut_layers']}", f"data.num_clients={row['data.num_clients']}"]
+        direct = run(config.load(QUICK, overrides), out_dir=tmp_path / "direct" / row["trial"], progress=False)
+        summary = json.loads((direct.out_dir / "summary.json").read_text())
+        for col in FIGURES:
+            if col != "wall_s":
+                assert row[col] == summary[col], (row["trial"], col)
+        assert row["wall_s"] > 0
+    # the figures differ between grid points (the test would not notice a sweep that ran one config four times)
+    assert table["client_gb_per_client"].nunique() == 4
+
+
+def test_a_failing_trial_reports_its_error_line_and_the_table_keeps_the_others(tmp_path, monkeypatch):
+    from ray import tune
+
+    from raysplit import sweep as sweep_mod
+
+    trials = sweep_mod.plan_trials(QUICK, TINY, {"training.lr": [0.05, 0.1]}, tmp_path / "sw")
+    busy = trials[1].out
+    busy.mkdir(parents=True)
+    (busy / "other.txt").write_text("x")           # its results directory is taken: experiment.run refuses
+    reported = []
+    monkeypatch.setattr(tune, "report", reported.append)
+    sweep_mod._trainable(trials, QUICK, str(tmp_path))({"trial": 1})
+    assert reported == [{"error": f"ConfigError: output_dir: {str(busy)!r} is not allowed; expected a directory "
+                                  "that does not exist yet or is empty"}]
+    ok = {k: 0.5 for k in FIGURES} | {"error": ""}
+    table = sweep_mod.trials_table(trials, {0: ok, 1: reported[0]})
+    assert list(table["training.lr"]) == [0.05, 0.1]
+    assert table["error"].isna().tolist() == [True, False] and table["error"][1].startswith("ConfigError: output_dir")
+    assert table.loc[0, "final_test_acc"] == 0.5 and pd.isna(table.loc[1, "final_test_acc"])
+    assert table.loc[1, "results"] == ""           # no results directory for the failed trial
