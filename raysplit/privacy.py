@@ -30,23 +30,30 @@ from raysplit.plugins import PLUGINS, Plugin
 from raysplit.topology import INPUT
 
 
+EPS = 1e-12      # under every square root: finite gradients at 0
+
+
 def _distances(x: torch.Tensor) -> torch.Tensor:
     """Pairwise Euclidean distances of the rows of x, exactly 0 on the diagonal, differentiable everywhere."""
     sq = (x * x).sum(1)
     d2 = (sq[:, None] + sq[None, :] - 2 * x @ x.T).clamp(min=0)
-    eps = 1e-12
-    return torch.sqrt(d2 + eps) - eps ** 0.5
+    return torch.sqrt(d2 + EPS) - EPS ** 0.5
 
 
 def _centered(d: torch.Tensor) -> torch.Tensor:
     return d - d.mean(0, keepdim=True) - d.mean(1, keepdim=True) + d.mean()
 
 
+
+
 def distance_correlation(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Sample distance correlation of two batches (rows are samples; any trailing shape is flattened)."""
-    a, b = _centered(_distances(x.flatten(1))), _centered(_distances(z.flatten(1)))
+    """Sample distance correlation of two batches (rows are samples; any trailing shape is flattened).
+    Computed in float64 with EPS under each square root, so that it stays finite and differentiable when a
+    defence collapses the representation (distance variances near 0; NoPeek with a large alpha)."""
+    a, b = _centered(_distances(x.flatten(1).double())), _centered(_distances(z.flatten(1).double()))
     dcov2, va, vb = (a * b).mean(), (a * a).mean(), (b * b).mean()
-    return torch.sqrt(dcov2.clamp(min=0) / torch.sqrt(va * vb).clamp(min=1e-30))
+    dcor2 = dcov2.clamp(min=0) / torch.sqrt(va * vb + EPS ** 2)
+    return (torch.sqrt(dcor2 + EPS) - EPS ** 0.5).to(z.dtype)
 
 
 @PLUGINS.register("nopeek")
