@@ -53,7 +53,7 @@ def distance_correlation(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     a, b = _centered(_distances(x.flatten(1).double())), _centered(_distances(z.flatten(1).double()))
     dcov2, va, vb = (a * b).mean(), (a * a).mean(), (b * b).mean()
     dcor2 = dcov2.clamp(min=0) / torch.sqrt(va * vb + EPS ** 2)
-    return (torch.sqrt(dcor2 + EPS) - EPS ** 0.5).to(z.dtype)
+    return torch.sqrt(dcor2 + EPS).to(z.dtype)      # (at least 1e-6: a finite gradient at 0)
 
 
 @PLUGINS.register("nopeek")
