@@ -209,16 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _stop_on_signals() -> None:
+def _stop_on_signals() -> dict:
     """SIGINT and SIGTERM stop the run cleanly (an ``Interrupted`` raised in the main thread: checkpoint kept,
-    party hosts and Ray shut down); a second signal exits at once."""
+    party hosts and Ray shut down); a second signal exits at once. Returns the handlers it replaced."""
     def handler(signum, frame):
         signal.signal(signal.SIGINT, lambda *_: os._exit(128 + signal.SIGINT))
         signal.signal(signal.SIGTERM, lambda *_: os._exit(128 + signal.SIGTERM))
         raise Interrupted(signum)
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, handler)
+    return previous
 
 
 def _resume_hint(args, e: BaseException) -> str:
@@ -250,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     from raysplit import console
 
     console.setup(verbose=verbose)
-    _stop_on_signals()
+    previous = _stop_on_signals()
     try:
         if command:
             return _passthrough(PASSTHROUGH[command], argv[1:])
@@ -266,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signum
     finally:
         console.show_setup()
+        for s, h in previous.items():          # called from Python (tests, notebooks): leave it as it was
+            signal.signal(s, h)
 
 
 if __name__ == "__main__":

@@ -190,13 +190,14 @@ def test_bad_plugin_options_are_one_line_errors():
         small_config("plugins=[{name: nopeek2}]")
 
 
-def test_codecs_command_compares_the_codec_settings(tmp_path):
-    from test_cli import SMALL, raysplit
+def test_codecs_command_compares_the_codec_settings(ray_session, tmp_path, monkeypatch):
+    from analysis import codecs
+    from test_cli import ROOT, SMALL
 
+    monkeypatch.chdir(ROOT)
     out = tmp_path / "codecs"
-    p = raysplit("codecs", "experiments/compression_fmnist.yaml", *SMALL, "--set", "training.rounds=1", "--out", str(out),
-                 "--quiet")
-    assert p.returncode == 0, p.stderr
+    assert codecs.main(["experiments/compression_fmnist.yaml", *SMALL, "--set", "training.rounds=1", "--out", str(out),
+                        "--quiet"]) == 0
     import pandas as pd
     table = pd.read_csv(out / "codecs.csv")
     assert table["variant"].tolist() == ["none", "float16", "int8", "int8 + top-k gradients", "top-k"]
