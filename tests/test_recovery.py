@@ -61,7 +61,16 @@ def test_lost_parties_beyond_max_failures_stop_with_one_line(ray_session):
         run(small_config(killer, "runtime.max_failures=1"), progress=False, write=False)
 
 
-def test_results_are_written_each_round_and_the_model_is_saved(ray_session, tmp_path):
+@pytest.fixture
+def ctrl_c():
+    """Ctrl-C raises KeyboardInterrupt in this process, whatever it inherited (a job started in the background
+    by a non-interactive shell has SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_results_are_written_each_round_and_the_model_is_saved(ray_session, tmp_path, ctrl_c):
     # a run stopped in round 2 (while evaluating it): round 1's tables are there and readable
     out = tmp_path / "failing"
     bad = f"plugins=[{{name: '{PLUGINS}SignalDriverAt', at_round: 1, signum: {int(signal.SIGINT)}}}]"
