@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from raysplit.models import eval_mode
 from raysplit.plugins import PLUGINS, Plugin
+from raysplit.privacy import probe_rows
 from raysplit.topology import INPUT
 
 
@@ -73,26 +75,24 @@ class LabelInference(Plugin):
 
     def evaluate(self, model, dataset) -> dict[str, float]:
         topo = model.topology
-        rows = np.sort(np.random.default_rng([self.seed, 7]).choice(len(dataset.train_y),
-                                                                  size=min(self.probe, len(dataset.train_y)),
-                                                                  replace=False))
+        rows = probe_rows(len(dataset.train_y), self.probe, self.seed, stream=7)
         x, y = torch.from_numpy(dataset.train_x[rows]), torch.from_numpy(dataset.train_y[rows])
         out = {}
-        was_training = model.training
-        model.eval()
-        vals = {k: v.detach() for k, v in model.values(x).items()}
-        for head, seg in gradient_receivers(topo):
-            ins = [topo.view(head.owner, x) if i == INPUT else vals[i].clone().requires_grad_(i == seg.name)
-                   for i in head.inputs]
-            loss = nn.functional.cross_entropy(model.segs[head.name](*ins), topo.labels(head.task, y), reduction="sum")
-            (g,) = torch.autograd.grad(loss, [ins[head.inputs.index(seg.name)]])
-            g = self.driver.as_received(head.owner, seg.owner, "gradient", g).flatten(1)
-            positive = topo.labels(head.task, y) == self.positive_class
-            known = int(positive.nonzero()[0]) if positive.any() else 0        # one sample the attacker knows
-            suffix = "" if len(out) == 0 else f"_{seg.owner}"
-            out[f"label_auc_norm{suffix}"] = max_auc(g.norm(dim=1), positive)
-            out[f"label_auc_direction{suffix}"] = auc(nn.functional.cosine_similarity(g, g[known:known + 1]), positive)
-        model.train(was_training)
+        with eval_mode(model):
+            vals = {k: v.detach() for k, v in model.values(x).items()}
+            for head, seg in gradient_receivers(topo):
+                ins = [topo.view(head.owner, x) if i == INPUT else vals[i].clone().requires_grad_(i == seg.name)
+                       for i in head.inputs]
+                logits = model.segs[head.name](*ins)
+                loss = nn.functional.cross_entropy(logits, topo.labels(head.task, y), reduction="sum")
+                (g,) = torch.autograd.grad(loss, [ins[head.inputs.index(seg.name)]])
+                g = self.driver.as_received(head.owner, seg.owner, "gradient", g).flatten(1)
+                positive = topo.labels(head.task, y) == self.positive_class
+                known = int(positive.nonzero()[0]) if positive.any() else 0        # one sample the attacker knows
+                suffix = "" if len(out) == 0 else f"_{seg.owner}"
+                out[f"label_auc_norm{suffix}"] = max_auc(g.norm(dim=1), positive)
+                out[f"label_auc_direction{suffix}"] = auc(nn.functional.cosine_similarity(g, g[known:known + 1]),
+                                                          positive)
         return out
 
 
@@ -140,13 +140,10 @@ class ModelInversion(Plugin):
         x_aux = topo.view(seg.owner, torch.from_numpy(dataset.train_x[aux]))
         x_t = topo.view(seg.owner, torch.from_numpy(dataset.train_x[targets]))
         client = model.segs[seg.name]
-        with torch.no_grad():
-            was_training = client.training
-            client.eval()
+        with torch.no_grad(), eval_mode(client):
             # what the attacker observes: the activations as the consumer of the cut receives them
             dst = topo.consumers(seg.name)[0].owner
             z_aux, z_t = (self.driver.as_received(seg.owner, dst, "activation", client(x)) for x in (x_aux, x_t))
-            client.train(was_training)
         with torch.random.fork_rng():                # the attack must not disturb training's randomness
             torch.manual_seed(self.seed)
             decoder = self._decoder(z_aux[0].numel(), x_aux.shape[1:])

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from raysplit.config import TrainingConfig
+from raysplit.models import eval_mode
 from raysplit.topology import CLIENT, INPUT, Segment
 
 SEGMENTS = "segments"      # the key every split algorithm installs its segment-serving program under
@@ -159,11 +160,9 @@ class SplitEngine:
         h.ledger.round, h.ledger.step = clock
         seg = self.topo.segment(name)
         me, module = party_id(seg.owner, client), store.modules[name]
-        was_training = module.training
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(module):
             xs = self._inputs(seg, self._ids(idx), inputs)
-            out = module.eval()(*xs)
-        module.train(was_training)
+            out = module(*xs)
         h.meter.forward(me, name, module, xs, False)
         return out.cpu().numpy() if seg.task else self._send_activation(seg, me, client, out)
 

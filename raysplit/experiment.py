@@ -45,6 +45,7 @@ from raysplit.config import ExperimentConfig, holder_names
 from raysplit.console import replay_startup
 from raysplit.data import Dataset, aligned_sample_ids, load_dataset, partition
 from raysplit.errors import ConfigError, PartyLost
+from raysplit.models import eval_mode
 from raysplit.plugins import DriverContext, Plugins, build_plugins
 from raysplit.runtime import dead_hosts
 from raysplit.topology import INPUT, ComposedNet, Topology, build_topology
@@ -66,11 +67,11 @@ def prepare(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Plan:
     for w in caught:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     plugins = build_plugins(cfg, dataset.num_classes)
-    if cfg.attacks.model_inversion and cfg.algorithm in ("fedavg", "large_batch_sgd", "centralized"):
+    splits = getattr(ALGORITHMS.get(cfg.algorithm), "SPLITS_THE_MODEL", True)
+    if cfg.attacks.model_inversion and not splits:
         raise ConfigError("attacks.model_inversion", True, f"false for algorithm {cfg.algorithm}: no cut "
                           "activations cross a party boundary, so there is nothing to invert")
-    if cfg.attacks.label_inference and (cfg.algorithm in ("fedavg", "large_batch_sgd", "centralized")
-                                        or not gradient_receivers(topology)):
+    if cfg.attacks.label_inference and (not splits or not gradient_receivers(topology)):
         raise ConfigError("attacks.label_inference", True, f"false for {cfg.algorithm} on topology {cfg.topology}: no "
                           "party without the labels receives gradients from the label holder (u_shaped and "
                           "vertical with labels at the server have one)")
@@ -156,16 +157,14 @@ def check_trainable(cfg: ExperimentConfig, topology: Topology, modules: dict[str
 @torch.no_grad()
 def evaluate(net: ComposedNet, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> dict[str, tuple[float, float]]:
     """{task: (accuracy, mean loss)} of the composed network on a held-out set."""
-    was_training = net.training
-    net.eval()
     sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    for i in range(0, len(y), batch):
-        xb, yb = torch.from_numpy(x[i: i + batch]), torch.from_numpy(y[i: i + batch])
-        for task, out in net(xb).items():
-            yt = net.topology.labels(task, yb)
-            sums[task][0] += float((out.argmax(1) == yt).sum())
-            sums[task][1] += float(nn.functional.cross_entropy(out, yt, reduction="sum"))
-    net.train(was_training)
+    with eval_mode(net):
+        for i in range(0, len(y), batch):
+            xb, yb = torch.from_numpy(x[i: i + batch]), torch.from_numpy(y[i: i + batch])
+            for task, out in net(xb).items():
+                yt = net.topology.labels(task, yb)
+                sums[task][0] += float((out.argmax(1) == yt).sum())
+                sums[task][1] += float(nn.functional.cross_entropy(out, yt, reduction="sum"))
     return {t: (c / len(y), l / len(y)) for t, (c, l) in sums.items()}
 
 
@@ -298,18 +297,22 @@ class _Run:
     def __init__(self, cfg: ExperimentConfig, plan: Plan, algo, checkpoints: Checkpoints, tmp: Path | None,
                  capture: bool):
         self.cfg, self.plan, self.algo, self.checkpoints, self.tmp, self.capture = cfg, plan, algo, checkpoints, tmp, capture
-        self.results = {"rows": [], "ledger_rows": [], "flop_rows": []}
+        self.results = self.no_results()
         self.entries: list[Entry] = []
         self.model: ComposedNet | None = None
         self.done = 0                                   # rounds completed
         self.failures: Counter = Counter()
         self.driver_plugins = Plugins(plan.plugins)     # the driver's copies: for evaluate and attacks' views
 
+    @staticmethod
+    def no_results() -> dict:
+        return {"rows": [], "ledger_rows": [], "flop_rows": []}
+
     def restore_latest(self) -> None:
         """Continue from the newest checkpoint (hosts just started), or from the start without one."""
         ck = self.checkpoints.latest()
         self.done = ck.round if ck else 0
-        self.results = ck.results if ck else {"rows": [], "ledger_rows": [], "flop_rows": []}
+        self.results = ck.results if ck else self.no_results()
         self.entries = [e for e in self.entries if e.round < self.done]
         if ck:
             self.algo.restore(ck.state, ck.round)

@@ -26,6 +26,7 @@ import zlib
 import numpy as np
 import torch
 
+from raysplit.models import eval_mode
 from raysplit.plugins import PLUGINS, Plugin
 from raysplit.topology import INPUT
 
@@ -71,19 +72,19 @@ class Leakage(Plugin):
         self.probe, self.seed = probe, seed
 
     def evaluate(self, model, dataset) -> dict[str, float]:
-        n = len(dataset.train_y)
-        rows = np.sort(np.random.default_rng([self.seed, 5]).choice(n, size=min(self.probe, n), replace=False))
-        x = torch.from_numpy(dataset.train_x[rows])
+        x = torch.from_numpy(dataset.train_x[probe_rows(len(dataset.train_y), self.probe, self.seed, stream=5)])
         topo, out = model.topology, {}
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             for seg in topo.segments:
                 if INPUT in seg.inputs and not seg.task:      # a data holder's cut
                     view = topo.view(seg.owner, x)
                     out[f"dcor_{seg.name}"] = float(distance_correlation(view, model.segs[seg.name](view)))
-        model.train(was_training)
         return out
+
+
+def probe_rows(n: int, size: int, seed: int, stream: int) -> np.ndarray:
+    """A fixed probe set of training rows for a measure or an attack (its own random stream of the seed)."""
+    return np.sort(np.random.default_rng([seed, stream]).choice(n, size=min(size, n), replace=False))
 
 
 @PLUGINS.register("gaussian_noise")

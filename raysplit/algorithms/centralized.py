@@ -21,6 +21,7 @@ class Centralized:
     """The reference: the unsplit network trained in this process, no Ray, on all training data."""
 
     PARTY = "central"
+    SPLITS_THE_MODEL = False
 
     def __init__(self, plan: Plan, capture_ledger: bool = False, progress: bool = True):
         self.plan, self.cfg = plan, plan.cfg

@@ -169,6 +169,7 @@ class WholeModelAlgorithm:
     """The driver FedAvg and large-batch SGD share; each defines ``run_round``. A variant that changes what
     clients or the server do names its own program classes here."""
 
+    SPLITS_THE_MODEL = False          # no activations or cut gradients cross: nothing for cut-layer attacks
     CLIENT_PROGRAM: type = WholeModelClient
     SERVER_PROGRAM: type = WholeModelServer
 
