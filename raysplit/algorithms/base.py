@@ -53,14 +53,16 @@ def merge_stats(into: dict, stats: dict) -> None:
 
 
 def gather_stats(refs: list, desc: str, progress: bool, unit: str = "client") -> dict:
-    """Merge train stats as the calls finish, with a progress bar; errors in the calls surface here."""
+    """Merge train stats as the calls finish, with a progress bar; errors in the calls surface here.
+    ``refs``: ObjectRefs, or (ObjectRef, units it stands for) where one call covers several clients."""
     out: dict = {}
-    pending = list(refs)
-    with tqdm(total=len(pending), desc=desc, unit=unit, leave=False, disable=not progress) as bar:
+    counts = dict(r if isinstance(r, tuple) else (r, 1) for r in refs)
+    pending = list(counts)
+    with tqdm(total=sum(counts.values()), desc=desc, unit=unit, leave=False, disable=not progress) as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             merge_stats(out, ray.get(done[0]))
-            bar.update(1)
+            bar.update(counts[done[0]])
     return out
 
 
