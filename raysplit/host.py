@@ -82,6 +82,12 @@ class PartyHost:
     def call(self, key: str, method: str, *args):
         return getattr(self.programs[key], method)(*args)
 
+    def stream(self, key: str, method: str, *args):
+        """``call`` for a program method that yields: call with ``num_returns="streaming"``, each item an
+        object as soon as it is yielded."""
+        for item in getattr(self.programs[key], method)(*args):
+            yield item
+
     def drain(self) -> tuple[list, dict, dict]:
         """This round's ledger entries, FLOP totals and plug-in metrics (and start the next round's)."""
         return self.ledger.drain(), self.meter.drain(), self.plugins.metrics()

@@ -3,7 +3,11 @@ of the clients; each trains the whole network for ``local_epochs`` on its own ba
 weights back; the server averages them weighted by the clients' sample counts."""
 from __future__ import annotations
 
-from raysplit.algorithms.whole_model import WholeModelAlgorithm
+import ray
+from tqdm import tqdm
+
+from raysplit.algorithms.base import merge_stats
+from raysplit.algorithms.whole_model import WHOLE, WholeModelAlgorithm
 from raysplit.schedule import participants
 
 
@@ -11,11 +15,32 @@ class FedAvg(WholeModelAlgorithm):
     def run_round(self, r: int) -> dict:
         clients = participants(self.cfg, r)
         weights = self.on(self.server, "send_global", (r, 0), clients)
-        stats, server_calls = [], []
+        # one streaming call per worker for all its clients: no Ray task per client
+        mine: dict[int, list[int]] = {}
         for k in clients:
-            upload, st = self.on(self.hosts.client_host[k], "local_train", k, r, weights, num_returns=2)
-            # summed in client order as uploads arrive, so few are held at once
-            server_calls.append(self.on(self.server, "accumulate", upload))
-            stats.append(st)
+            mine.setdefault(id(self.hosts.client_host[k]), []).append(k)
+        streams = {key: self.hosts.client_host[ks[0]].stream.options(num_returns="streaming").remote(
+            WHOLE, "train_clients", ks, r, weights) for key, ks in mine.items()}
+        stats, server_calls = [], []
+        desc = f"round {r + 1}/{self.cfg.training.rounds}"
+        with tqdm(clients, desc=desc, unit="client", leave=False, disable=not self.progress) as bar:
+            for k in bar:      # summed in client order as uploads arrive, so few are held at once
+                stream = streams[id(self.hosts.client_host[k])]
+                upload, st = self._next(stream), self._next(stream)
+                server_calls.append(self.on(self.server, "accumulate", upload))
+                stats.append(st)
         server_calls.append(self.on(self.server, "finish_average"))
-        return self.collect(stats, server_calls, f"round {r + 1}/{self.cfg.training.rounds}")
+        out: dict = {}
+        for st in ray.get(stats):
+            merge_stats(out, st)
+        ray.get(server_calls)          # surfaces any error of the server's calls
+        return out
+
+    @staticmethod
+    def _next(stream):
+        """The next object of a worker's stream; a stream cut short (its host died) raises the host's error."""
+        ref = next(stream, None)
+        if ref is None:
+            ray.get(stream.completed())
+            raise RuntimeError("a worker's stream of client uploads ended early")
+        return ref

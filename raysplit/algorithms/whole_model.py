@@ -83,6 +83,15 @@ class WholeModelClient(WholeModelProgram):
                   "weights": h.ledger.send(me, SERVER, "weights", self.whole_state())}
         return upload, stats.as_lists()
 
+    def train_clients(self, clients: list[int], round_: int, weights: dict):
+        """FedAvg clients hosted here, one after another in one call (a streaming generator): yields each
+        client's upload and then its train stats, as soon as it is done, so the server folds them in while
+        the next trains and no more than one upload per worker waits in the object store."""
+        for k in clients:
+            upload, stats = self.local_train(k, round_, weights)
+            yield upload
+            yield stats
+
     def _batch(self, client: int, epoch_seed: int, step: int) -> np.ndarray:
         key = (client, epoch_seed)
         if key not in self._epoch_batches:
