@@ -238,10 +238,11 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     ds = DATASETS.get(cfg.dataset, "data.dataset")(cfg, seed)
     if not isinstance(ds, Dataset):
         raise ConfigError("data.dataset", cfg.dataset, f"a loader returning a raysplit.data.Dataset (got {type(ds).__name__})")
+    # copies, not views: a view would keep the whole loaded array alive in the driver
     if cfg.train_samples is not None:
-        ds.train_x, ds.train_y = ds.train_x[: cfg.train_samples], ds.train_y[: cfg.train_samples]
+        ds.train_x, ds.train_y = ds.train_x[: cfg.train_samples].copy(), ds.train_y[: cfg.train_samples].copy()
     if cfg.test_samples is not None:
-        ds.test_x, ds.test_y = ds.test_x[: cfg.test_samples], ds.test_y[: cfg.test_samples]
+        ds.test_x, ds.test_y = ds.test_x[: cfg.test_samples].copy(), ds.test_y[: cfg.test_samples].copy()
     check_dataset(ds, cfg.dataset)
     return ds
 
