@@ -192,8 +192,12 @@ class LinkConfig:
     flops_per_s: Optional[float] = _rule(default=None, **positive)
 
 
-def _server_link() -> LinkConfig:
-    return LinkConfig(up_mbps=1000.0, down_mbps=1000.0, latency_ms=0.0)
+@dataclass
+class HubLinkConfig(LinkConfig):
+    """The server's (and any other party's) link: a data centre's, unless set."""
+    up_mbps: float = _rule(default=1000.0, **positive)
+    down_mbps: float = _rule(default=1000.0, **positive)
+    latency_ms: float = _rule(default=0.0, **non_negative)
 
 
 @dataclass
@@ -210,8 +214,8 @@ class NetworkConfig:
     """The simulated network (network.py): every data holder on a "clinic" link by default (20 Mbit/s up,
     100 down, 50 ms to the server), the server in a data centre (1 Gbit/s both ways, 0 ms)."""
     client: LinkConfig = field(default_factory=LinkConfig)       # every data holder (client/k, vertical holders)
-    server: LinkConfig = field(default_factory=_server_link)     # the server (also the averaging point)
-    others: LinkConfig = field(default_factory=_server_link)     # any other party: a label holder, further hops
+    server: HubLinkConfig = field(default_factory=HubLinkConfig)   # the server (also the averaging point)
+    others: HubLinkConfig = field(default_factory=HubLinkConfig)   # any other party: a label holder, further hops
     per_client: PerClientConfig = field(default_factory=PerClientConfig)
     # heterogeneous clients: each client's up, down and FLOP/s multiplied by its own lognormal factor
     # exp(spread * N(0, 1)) (median 1), drawn from the experiment's seed; 0: all alike
