@@ -167,15 +167,31 @@ class Network:
         return flops / self.link(party).flops_per_s
 
 
+def describe(net: NetworkConfig) -> str:
+    """One line for figure titles: the clients' and the server's links."""
+    c, s = net.client, net.server
+    spread = f", spread {net.spread:g}" if net.spread else ""
+    return (f"clients {c.up_mbps:g}/{c.down_mbps:g} Mbit/s up/down, {c.latency_ms:g} ms{spread}; "
+            f"server {s.up_mbps:g}/{s.down_mbps:g} Mbit/s, {s.latency_ms:g} ms")
+
+
 def network_for(cfg: ExperimentConfig, network: NetworkConfig | dict | None = None) -> Network:
-    """The config's network, or ``network`` instead (a NetworkConfig, or a raw ``network:`` mapping,
-    validated as the config's is)."""
+    """The config's network, or ``network`` instead: a NetworkConfig, or a raw ``network:`` mapping laid
+    over the config's (keys it does not give keep the run's values, its measured compute speed included),
+    validated as the config's is."""
     if isinstance(network, dict):
         raw = config_mod.to_dict(cfg)
-        raw["network"] = network
+        raw["network"] = _merged(raw["network"], network)
         network = config_mod.from_dict(raw).network
     holders = tuple(holder_names(cfg)) if cfg.topology == "vertical" else ()
     return Network(network or cfg.network, cfg.data.num_clients, cfg.seed, holders)
+
+
+def _merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
 
 
 def is_parallel(cfg: ExperimentConfig) -> bool:
