@@ -100,19 +100,24 @@ def test_bad_network_settings_name_the_field(sets, pattern):
 
 
 def test_real_run_sim_columns_are_recomputed_from_its_results_directory(ray_session, tmp_path):
+    """One tiny FedAvg run: metrics.csv's sim_* columns == simulate(results_dir) == the analytic closed form
+    (analysis/time_model.py); re-priced on a faster network, less transfer time and the same compute."""
+    from analysis.time_model import fedavg_time
     from conftest import small_config
     from raysplit.experiment import run
 
-    result = run(small_config("training.rounds=2"), out_dir=tmp_path / "run", progress=False)
+    result = run(small_config("algorithm=fedavg", "training.rounds=2"), out_dir=tmp_path / "run", progress=False)
     written = config.load(result.out_dir / "config.yaml").network
     assert written.client.flops_per_s and written.server.flops_per_s      # the measured speed, kept
     m = pd.read_csv(result.out_dir / "metrics.csv")
     again = simulate(result.out_dir)
     for col in ("sim_time_s", "sim_comm_s", "sim_compute_s", "sim_time_s_cum"):
         assert list(again[col]) == pytest.approx(list(m[col]), rel=1e-12)
-    assert (m["sim_time_s"] > 0).all()
-    # re-priced on a 10x faster uplink: less communication time, the same compute
-    fast = simulate(result.out_dir, network={"client": {"up_mbps": 200, "flops_per_s": written.client.flops_per_s},
-                                             "server": {"flops_per_s": written.server.flops_per_s}})
+    model = fedavg_time("fmnist_cnn", [1, 8, 8], 4, samples_per_client=32, num_clients=3, rounds=2, batch_size=16,
+                        network=written)
+    assert m["sim_comm_s"].sum() == pytest.approx(model.comm_s, rel=1e-9)
+    assert m["sim_compute_s"].sum() == pytest.approx(model.compute_s, rel=1e-9)
+    # re-priced on a 10x faster client uplink and server: less transfer time, the same compute
+    fast = simulate(result.out_dir, network={"client": {"up_mbps": 200}, "server": {"up_mbps": 1e4, "down_mbps": 1e4}})
     assert (fast["sim_comm_s"] < m["sim_comm_s"]).all()
     assert list(fast["sim_compute_s"]) == pytest.approx(list(m["sim_compute_s"]))
