@@ -104,6 +104,16 @@ def model_size(model: str, input_shape: Sequence[int], num_classes: int) -> int:
     return segment_costs(model, input_shape, num_classes, (), batch_size=2).states[0].num_parameters
 
 
+def _mark_crossover(ax, xs, split, fed, color) -> None:
+    """A dotted line where SplitNN becomes the faster (first x from which it stays no slower)."""
+    wins = [i for i in range(len(xs)) if all(a <= b for a, b in zip(split[i:], fed[i:]))]
+    if wins and wins[0] > 0:
+        x = xs[wins[0]]
+        ax.axvline(x, color=color, lw=1, ls=":")
+        ax.annotate(f"SplitNN faster from {x:,}", (x, fed[wins[0]]), fontsize=8, color=color,
+                    xytext=(4, -14), textcoords="offset points")
+
+
 def plot_time_crossover(out="crossover_time.png", network: NetworkConfig | None = None):
     """Time of one epoch (SplitNN) vs one round of one local epoch (FedAvg), as the number of clients, the data
     per client, the model and the client uplink vary; each panel varies one from a Fashion-MNIST baseline."""
@@ -134,26 +144,32 @@ def plot_time_crossover(out="crossover_time.png", network: NetworkConfig | None 
                              others=network.others)
 
     panels = (
-        ("number of clients N (600 samples each)", [int(x) for x in np.unique(np.logspace(0, 3, 13).round())],
-         lambda v: both(clients=v)),
         ("samples per client (100 clients)", [int(x) for x in np.unique(np.logspace(1, 4, 13).round())],
          lambda v: both(n=v)),
         ("client uplink (Mbit/s; 100 clients x 600 samples)", [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
          lambda v: both(net=with_uplink(v))),
     )
     fig, axes = plt.subplots(1, 4, figsize=(22, 5))
-    for ax, (xlabel, xs, fn) in zip(axes, panels):
+    # (a) Singh et al.'s setting in time: a fixed data set split over more and more clients
+    ax = axes[0]
+    for color, (model, shape, classes, cut), total in (("tab:blue", models[0], 60_000), ("tab:green", models[1], 50_000)):
+        xs = [int(x) for x in np.unique(np.logspace(0, np.log10(total // 10), 14).round())]
+        split, fed = zip(*(both(model=model, shape=shape, classes=classes, cut=cut, n=total // x, clients=x) for x in xs))
+        ax.plot(xs, split, "o-", color=color, label=f"SplitNN, {model}, {total // 1000}k samples")
+        ax.plot(xs, fed, "s--", color=color, label=f"FedAvg, {model}, {total // 1000}k samples")
+        _mark_crossover(ax, xs, split, fed, color)
+    ax.set_xlabel("number of clients N (a fixed data set split evenly)")
+    ax.legend(fontsize=7)
+    for ax, (xlabel, xs, fn) in zip(axes[1:3], panels):
         split, fed = zip(*(fn(x) for x in xs))
         ax.plot(xs, split, "o-", color="tab:blue", label="SplitNN, 1 epoch (sequential turns)")
         ax.plot(xs, fed, "s--", color="tab:red", label="FedAvg, 1 round of 1 local epoch")
-        wins = [x for x, a, b in zip(xs, split, fed) if a <= b]
-        if wins and len(wins) < len(xs):
-            ax.axvline(wins[0], color="gray", lw=1, ls=":")
-            ax.annotate(f"SplitNN faster\nfrom {wins[0]:g}", (wins[0], min(min(split), min(fed))), fontsize=8,
-                        xytext=(4, 4), textcoords="offset points")
+        _mark_crossover(ax, xs, split, fed, "gray")
+        ax.set_xlabel(xlabel)
+        ax.legend(fontsize=7)
+    for ax in axes:
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3, which="both")
     ax = axes[3]
     names, split, fed, sizes = [], [], [], []
@@ -169,14 +185,11 @@ def plot_time_crossover(out="crossover_time.png", network: NetworkConfig | None 
     ax.plot(xs, [fed[i] for i in order], "s--", color="tab:red")
     for i in order:
         ax.annotate(names[i], (sizes[i], fed[i]), fontsize=8, xytext=(4, -12), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
     ax.set_xlabel("model size (parameters; 100 clients x 600 samples, each model at its own cut)")
-    ax.grid(alpha=0.3, which="both")
-    axes[0].set_ylabel("simulated time (s, log scale)")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"SplitNN vs FedAvg in time (analytic, analysis/time_model.py): {describe(network)}; "
-                 f"{network.client.flops_per_s or 'measured'} FLOP/s per party", fontsize=11)
+    axes[0].set_ylabel("simulated time of one pass over the data (s, log scale)")
+    speed = f"{network.client.flops_per_s:.3g} FLOP/s per party" if network.client.flops_per_s else "measured FLOP/s"
+    fig.suptitle(f"SplitNN (1 epoch) vs FedAvg (1 round, 1 local epoch) in time, analytic (analysis/time_model.py): "
+                 f"{describe(network)}; {speed}", fontsize=11)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
