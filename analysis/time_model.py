@@ -187,7 +187,8 @@ def plot_time_crossover(out="crossover_time.png", network: NetworkConfig | None 
         ax.annotate(names[i], (sizes[i], fed[i]), fontsize=8, xytext=(4, -12), textcoords="offset points")
     ax.set_xlabel("model size (parameters; 100 clients x 600 samples, each model at its own cut)")
     axes[0].set_ylabel("simulated time of one pass over the data (s, log scale)")
-    speed = f"{network.client.flops_per_s:.3g} FLOP/s per party" if network.client.flops_per_s else "measured FLOP/s"
+    c, s_ = network.client.flops_per_s, network.server.flops_per_s
+    speed = f"clients {c:.3g}, server {s_:.3g} FLOP/s" if c and s_ else "measured FLOP/s"
     fig.suptitle(f"SplitNN (1 epoch) vs FedAvg (1 round, 1 local epoch) in time, analytic (analysis/time_model.py): "
                  f"{describe(network)}; {speed}", fontsize=11)
     fig.tight_layout()
