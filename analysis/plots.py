@@ -51,7 +51,12 @@ def load_runs(paths: list[str | Path], network: dict | None = None) -> pd.DataFr
     for run in find_runs(paths):
         df = pd.read_csv(run / "metrics.csv")
         if network is not None or "sim_time_s_cum" not in df.columns:
-            df = simulate(run, network)
+            try:
+                df = simulate(run, network)
+            except RaysplitError:
+                if network is not None:
+                    raise
+                df["sim_time_s_cum"] = float("nan")     # no config.yaml or tables to price: no simulated time
         df.insert(0, "run", str(run))
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)
@@ -79,7 +84,7 @@ def accuracy_curve(df: pd.DataFrame, x: str, xlabel: str, title: str, logx: bool
     clients = sorted(df["num_clients"].unique())
     for run, g in df.groupby("run", sort=False):
         g = g.dropna(subset=["test_acc"])
-        if g.empty or (x.startswith("client_") and g[x].max() == 0):   # no client-side work (centralized)
+        if g.empty or g[x].isna().all() or (x.startswith("client_") and g[x].max() == 0):   # no client-side work (centralized)
             continue
         first = g.iloc[0]
         ax.plot(g[x], g["test_acc"] * 100, label=_label(first), **_style(first.algorithm, first.num_clients, clients))
@@ -89,7 +94,8 @@ def accuracy_curve(df: pd.DataFrame, x: str, xlabel: str, title: str, logx: bool
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:         # nothing to draw (no simulated time): no empty legend
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -176,7 +182,10 @@ def _network_line(paths: list[str | Path], network: dict | None) -> str:
     from raysplit import config as config_mod
     from raysplit.network import describe, network_for
 
-    cfg = config_mod.load(find_runs(paths)[0] / "config.yaml")
+    try:
+        cfg = config_mod.load(find_runs(paths)[0] / "config.yaml")
+    except RaysplitError:
+        return "(no config.yaml: no network to price on)"
     return describe(network_for(cfg, network).cfg)
 
 
