@@ -402,9 +402,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
         if args.command == "query":
+            network = _network(args.network) if args.network else None     # refused before any output
             print(query_table(args))
-            if args.network:
-                print(time_table(args, _network(args.network)))
+            if network is not None:
+                print(time_table(args, network))
         elif args.command == "time":
             from analysis.time_model import plot_time_crossover
             print(f"wrote {plot_time_crossover(args.out, _network(args.network))}")
