@@ -121,3 +121,24 @@ def test_real_run_sim_columns_are_recomputed_from_its_results_directory(ray_sess
     fast = simulate(result.out_dir, network={"client": {"up_mbps": 200}, "server": {"up_mbps": 1e4, "down_mbps": 1e4}})
     assert (fast["sim_comm_s"] < m["sim_comm_s"]).all()
     assert list(fast["sim_compute_s"]) == pytest.approx(list(m["sim_compute_s"]))
+
+
+def test_costs_query_prices_each_method_on_a_network(tmp_path, capsys):
+    import yaml
+
+    from analysis import cost_model
+    from analysis.time_model import fedavg_time
+
+    good, bad = tmp_path / "net.yaml", tmp_path / "bad.yaml"
+    good.write_text(yaml.safe_dump({"network": NET}))
+    bad.write_text(yaml.safe_dump({"network": {"client": {"up_mbps": -1}}}))
+    args = ["query", "--model", "fmnist_cnn", "--input-shape", "1,8,8", "--classes", "4", "--cut", "pool1",
+            "--samples-per-client", "32", "--clients", "3", "--batch-size", "16"]
+    assert cost_model.main(args + ["--network", str(good)]) == 0
+    out = capsys.readouterr().out
+    t = fedavg_time("fmnist_cnn", [1, 8, 8], 4, 32, 3, 1, 16, cfg_with().network)
+    assert f"| fedavg | {t.comm_s:.4g} | {t.compute_s:.4g} | {t.total_s:.4g} |" in out
+    assert cost_model.main(args + ["--network", str(bad)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.strip() == (
+        "raysplit: error: network.client.up_mbps: -1.0 is not allowed; expected a number > 0")
