@@ -2,7 +2,8 @@
 
 Results directory (pandas reads every table):
   config.yaml        the resolved config
-  metrics.csv        one row per round: accuracy, loss, FLOPs per role, bytes per link and kind, wall time
+  metrics.csv        one row per round: accuracy, loss, FLOPs per role, bytes per link and kind, wall time,
+                     simulated time on the config's network (sim_*: network.py, priced from ledger.csv and flops.csv)
   ledger.csv         bytes and messages per (round, src, dst, kind) — sums of the ledger (raw_bytes: before codecs)
   flops.csv          FLOPs per (round, party, phase) — from the meter
   model/             the trained network: <segment>.pt (each segment's state dict) and composed.pt
