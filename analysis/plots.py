@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                          "repeat for a figure with one panel per network")
     args = ap.parse_intermixed_args(argv)      # options before, between or after the directories
     try:
-        written = make_report(args.results, args.out or Path(args.results[0]) / "report", args.network)
+        written = make_report(args.results, args.out or Path(args.results[0]) / "report", networks=args.network)
     except RaysplitError as e:
         print(f"raysplit: error: {e}", file=sys.stderr)
         return 2
