@@ -21,7 +21,9 @@ come from tensor shapes. The conventions are those of the runtime's ledger and m
 ``first_input_grad=True`` (all three methods) also counts the gradient w.r.t. the raw input, which no
 method needs: it is a counting convention the paper tables try, not what the runtime does.
 
-Command line: ``python -m analysis.cost_model {query,tables,crossover} ...`` (also ``raysplit costs``).
+Time on a network (closed forms over these bytes and FLOPs): analysis/time_model.py.
+
+Command line: ``python -m analysis.cost_model {query,tables,crossover,time} ...`` (also ``raysplit costs``).
 """
 from __future__ import annotations
 
@@ -327,6 +329,24 @@ def query_table(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def time_table(args: argparse.Namespace, network) -> str:
+    from analysis.time_model import fedavg_time, large_batch_sgd_time, splitnn_time
+    from raysplit.network import describe
+
+    shape = _shape(args.input_shape.split(","))
+    common = dict(model=args.model, input_shape=shape, num_classes=args.classes,
+                  samples_per_client=args.samples_per_client, num_clients=args.clients, batch_size=args.batch_size,
+                  network=network, bytes_per_element=args.bytes_per_element)
+    times = {"splitnn": splitnn_time(cuts=args.cut, epochs=args.epochs, optimizer=args.optimizer,
+                                     handoff=args.handoff, **common),
+             "fedavg": fedavg_time(rounds=args.rounds or args.epochs, local_epochs=args.local_epochs, **common),
+             "large_batch_sgd": large_batch_sgd_time(epochs=args.epochs, **common)}
+    lines = [f"\nsimulated time, all clients: {describe(network)}; {network.client.flops_per_s:.3g} FLOP/s per party",
+             "| method | transfer (s) | compute (s) | total (s) |", "|---|---|---|---|"]
+    lines += [f"| {m} | {t.comm_s:.4g} | {t.compute_s:.4g} | {t.total_s:.4g} |" for m, t in times.items()]
+    return "\n".join(lines)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that raises a one-line error instead of printing usage and exiting."""
 
@@ -344,6 +364,12 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("crossover", help="plot SplitNN vs FedAvg bytes per client against the number of clients")
     c.add_argument("--out", default="crossover.png",
                    help="where to write the figure (default: crossover.png in the current directory)")
+    ct = sub.add_parser("time", help="plot SplitNN vs FedAvg simulated time as clients, data per client, model size "
+                                     "and client uplink vary (the network model of raysplit/network.py)")
+    ct.add_argument("--out", default="crossover_time.png",
+                    help="where to write the figure (default: crossover_time.png in the current directory)")
+    ct.add_argument("--network", metavar="YAML", help="a YAML file with a network: section (default: the clinic "
+                                                       "default; compute speed: this machine's, measured once)")
     q = sub.add_parser("query", help="FLOPs and bytes per client of the three methods")
     q.add_argument("--model", required=True)
     q.add_argument("--input-shape", required=True, help="e.g. 1,28,28")
@@ -358,14 +384,31 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--bytes-per-element", type=int, default=4)
     q.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd_momentum")
     q.add_argument("--handoff", choices=HANDOFF_MODES, default="peer")
+    q.add_argument("--network", metavar="YAML", help="also the simulated time of each method on this network "
+                                                      "(a YAML file with a network: section)")
     return p
+
+
+def _network(path: str | None):
+    """The network config of a YAML file's network: section (validated as a config's), else the default."""
+    from raysplit import config
+    from raysplit.network import load_network, resolve
+
+    raw = {"network": load_network(path)} if path else {}
+    return resolve(config.from_dict(raw)).network
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
         if args.command == "query":
+            network = _network(args.network) if args.network else None     # refused before any output
             print(query_table(args))
+            if network is not None:
+                print(time_table(args, network))
+        elif args.command == "time":
+            from analysis.time_model import plot_time_crossover
+            print(f"wrote {plot_time_crossover(args.out, _network(args.network))}")
         elif args.command == "tables":
             from analysis.paper_tables import write_tables
             print(f"wrote {write_tables(args.out, progress=not args.quiet)}")

@@ -41,11 +41,22 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
     return runs
 
 
-def load_runs(paths: list[str | Path]) -> pd.DataFrame:
-    """All rounds of all runs, one row per (run, round), with the run's directory in column ``run``."""
+def load_runs(paths: list[str | Path], network: dict | None = None) -> pd.DataFrame:
+    """All rounds of all runs, one row per (run, round), with the run's directory in column ``run``.
+    ``network``: re-price every run's simulated time on this network (a raw ``network:`` mapping); runs
+    written before the network model get theirs computed from their tables."""
+    from raysplit.network import simulate
+
     frames = []
     for run in find_runs(paths):
         df = pd.read_csv(run / "metrics.csv")
+        if network is not None or "sim_time_s_cum" not in df.columns:
+            try:
+                df = simulate(run, network)
+            except RaysplitError:
+                if network is not None:
+                    raise
+                df["sim_time_s_cum"] = float("nan")     # no config.yaml or tables to price: no simulated time
         df.insert(0, "run", str(run))
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)
@@ -73,7 +84,7 @@ def accuracy_curve(df: pd.DataFrame, x: str, xlabel: str, title: str, logx: bool
     clients = sorted(df["num_clients"].unique())
     for run, g in df.groupby("run", sort=False):
         g = g.dropna(subset=["test_acc"])
-        if g.empty or (x.startswith("client_") and g[x].max() == 0):   # no client-side work (centralized)
+        if g.empty or g[x].isna().all() or (x.startswith("client_") and g[x].max() == 0):   # no client-side work (centralized)
             continue
         first = g.iloc[0]
         ax.plot(g[x], g["test_acc"] * 100, label=_label(first), **_style(first.algorithm, first.num_clients, clients))
@@ -83,7 +94,8 @@ def accuracy_curve(df: pd.DataFrame, x: str, xlabel: str, title: str, logx: bool
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:         # nothing to draw (no simulated time): no empty legend
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -128,6 +140,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
         "client TFLOPs / client": last["client_tflops_per_client_cum"].to_numpy(),
         "client GB / client": last["client_gb_per_client_cum"].to_numpy(),
         "wall (s)": last["wall_s_cum"].round(1).to_numpy(),
+        "simulated (s)": last["sim_time_s_cum"].round(1).to_numpy(),
         "run": last["run"].to_numpy(),
     })
 
@@ -141,9 +154,49 @@ def _markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def make_report(paths: list[str | Path], out: str | Path) -> dict[str, Path]:
-    """Write every figure and report.md (figures + table) into ``out``; return {name: path}."""
-    df = load_runs(paths)
+def sim_time_panels(paths: list[str | Path], networks: dict[str, dict | None]) -> plt.Figure:
+    """Accuracy vs simulated time, one panel per network ({label: raw network mapping; None: the runs' own})."""
+    fig, axes = plt.subplots(1, len(networks), figsize=(6.5 * len(networks), 4.8), sharey=True, squeeze=False)
+    for ax, (label, network) in zip(axes[0], networks.items()):
+        df = load_runs(paths, network)
+        clients = sorted(df["num_clients"].unique())
+        for run, g in df.groupby("run", sort=False):
+            g = g.dropna(subset=["test_acc"])
+            if g.empty or g["sim_time_s_cum"].max() == 0:
+                continue
+            first = g.iloc[0]
+            ax.plot(g["sim_time_s_cum"], g["test_acc"] * 100, label=_label(first),
+                    **_style(first.algorithm, first.num_clients, clients))
+        ax.set_xscale("log")
+        ax.set_xlabel("simulated time (s, log scale)")
+        ax.set_title(f"{label}\n{_network_line(paths, network)}", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("test accuracy (%)")
+    fig.suptitle("Accuracy vs simulated training time (ledger and FLOPs priced on the network)")
+    fig.tight_layout()
+    return fig
+
+
+def _network_line(paths: list[str | Path], network: dict | None) -> str:
+    from raysplit import config as config_mod
+    from raysplit.network import describe, network_for
+
+    try:
+        cfg = config_mod.load(find_runs(paths)[0] / "config.yaml")
+    except RaysplitError:
+        return "(no config.yaml: no network to price on)"
+    return describe(network_for(cfg, network).cfg)
+
+
+def make_report(paths: list[str | Path], out: str | Path, networks: list[str | Path] = ()) -> dict[str, Path]:
+    """Write every figure and report.md (figures + table) into ``out``; return {name: path}. ``networks``:
+    YAML files with a ``network:`` section; the first re-prices the simulated times, and with several,
+    accuracy_vs_sim_time_networks.png draws one panel per network."""
+    from raysplit.network import load_network
+
+    loaded = {Path(p).stem: load_network(p) for p in networks}
+    df = load_runs(paths, next(iter(loaded.values()), None))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     figs = {
@@ -154,6 +207,9 @@ def make_report(paths: list[str | Path], out: str | Path) -> dict[str, Path]:
             df, "client_gb_per_client_cum", "cumulative data sent + received per client (GB)",
             "Accuracy vs client bandwidth", logx=True),
         "accuracy_vs_wall_time": accuracy_curve(df, "wall_s_cum", "wall time (s)", "Accuracy vs wall time"),
+        "accuracy_vs_sim_time": accuracy_curve(
+            df, "sim_time_s_cum", "simulated time on the network (s, log scale)",
+            f"Accuracy vs simulated time\n{_network_line(paths, next(iter(loaded.values()), None))}", logx=True),
         "bandwidth_per_client": grouped_bars(
             df, "client_gb_per_client_cum", "GB per client (sent + received, log scale)",
             "Bandwidth per client (cf. Table 2)", "%.3g"),
@@ -161,6 +217,8 @@ def make_report(paths: list[str | Path], out: str | Path) -> dict[str, Path]:
             df, "client_tflops_per_client_cum", "client-side TFLOPs per client (log scale)",
             "Client-side compute per client (cf. Table 1)", "%.3g"),
     }
+    if len(loaded) > 1:
+        figs["accuracy_vs_sim_time_networks"] = sim_time_panels(paths, loaded)
     figs = {name: save(fig, out / f"{name}.png") for name, fig in figs.items()}
     table = summary_table(df)
     table.to_csv(out / "summary.csv", index=False)
@@ -168,7 +226,8 @@ def make_report(paths: list[str | Path], out: str | Path) -> dict[str, Path]:
              _markdown(table.drop(columns=["run"])), "",
              "Client-side compute is measured per party with torch's FlopCounterMode (forward + backward); "
              "bytes are sums of the ledger (every tensor that crossed a party boundary), sent + received, "
-             "averaged over clients.", ""]
+             "averaged over clients. Simulated time prices the ledger and the FLOPs on the runs' network "
+             "(raysplit/network.py; `--network FILE` re-prices).", ""]
     for name, path in figs.items():
         lines += [f"## {name.replace('_', ' ')}", "", f"![{name}]({path.name})", ""]
     (out / "report.md").write_text("\n".join(lines))
@@ -179,9 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="raysplit plot", description=__doc__.splitlines()[0])
     ap.add_argument("results", nargs="+", help="results directories (runs or comparisons)")
     ap.add_argument("--out", help="where to write the figures and report.md (default: <first results dir>/report)")
+    ap.add_argument("--network", action="append", default=[], metavar="YAML",
+                    help="re-price the simulated time on this network (a YAML file with a network: section); "
+                         "repeat for a figure with one panel per network")
     args = ap.parse_intermixed_args(argv)      # options before, between or after the directories
     try:
-        written = make_report(args.results, args.out or Path(args.results[0]) / "report")
+        written = make_report(args.results, args.out or Path(args.results[0]) / "report", networks=args.network)
     except RaysplitError as e:
         print(f"raysplit: error: {e}", file=sys.stderr)
         return 2

@@ -133,11 +133,13 @@ def _passthrough(module: str, argv: list[str]) -> int:
 def cmd_infer(args) -> int:
     from raysplit.inference import infer
 
-    result = infer(args.results, data=args.data, batch_size=args.batch_size, address=args.address, out_dir=args.out)
+    result = infer(args.results, data=args.data, batch_size=args.batch_size, address=args.address, out_dir=args.out,
+                   network=args.network)
     s = result.summary
     acc = f"accuracy {s['accuracy']:.4f}, " if "accuracy" in s else ""
     print(f"{acc}{s['samples']} samples in {s['batches']} batches, median latency {s['latency_ms_median']:.1f} ms "
-          f"per batch")
+          f"per batch measured, {s['sim_latency_ms']:.1f} ms simulated ({s['sim_comm_ms']:.1f} ms transfer, "
+          f"{s['sim_compute_ms']:.1f} ms compute; {s['network']})")
     print(f"results: {result.out_dir}")
     return 0
 
@@ -200,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="samples per batch (default: the run's training batch size)")
     p.add_argument("--address", help="attach to a running Ray cluster (e.g. auto)")
     p.add_argument("--out", help="where to write (default RESULTS_DIR/inference)")
+    p.add_argument("--network", metavar="YAML", help="simulate the latency on this network (a YAML file with a "
+                                                      "network: section; default: the run's)")
     p.set_defaults(fn=cmd_infer)
     # these parse their own arguments (main hands them over before this parser runs); listed here for -h
     sub.add_parser("costs", help="analytic cost model and the papers' tables (see `raysplit costs -h`)")

@@ -23,11 +23,12 @@ from raysplit.config import COMPARE_METHODS, ExperimentConfig, method_config, me
 from raysplit.data import load_dataset
 from raysplit.errors import ConfigError
 from raysplit.experiment import _check_free, default_output_dir, prepare, run
+from raysplit.network import resolve
 
 log = logging.getLogger("raysplit")
 
 COLUMNS = ["method", "rounds", "final_test_acc", "best_test_acc", "client_tflops_per_client",
-           "client_gb_per_client", "bytes_total", "wall_s"]
+           "client_gb_per_client", "bytes_total", "wall_s", "sim_time_s"]
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Comparison:
 
 
 def compare(cfg: ExperimentConfig, out_dir: str | Path | None = None, progress: bool = True) -> Comparison:
+    resolve(cfg)             # one measured compute speed for all three methods, in every config.yaml
     configs = {m: method_config(cfg, m) for m in COMPARE_METHODS}
     # every data and model check before any run; the methods share data and seed, so load the data once
     dataset = load_dataset(cfg.data, cfg.seed)

@@ -136,7 +136,7 @@ class MultiTaskConfig:
 
 COMPARE_METHODS = ("splitnn", "fedavg", "large_batch_sgd")
 # what a per-method override may not change: the methods are compared on the same data, partition, model, seed
-SHARED_BY_METHODS = ("algorithm", "compare", "name", "output_dir", "seed", "data", "model.name")
+SHARED_BY_METHODS = ("algorithm", "compare", "name", "output_dir", "seed", "data", "model.name", "network")
 
 
 @dataclass
@@ -180,6 +180,49 @@ class AttacksConfig:
 
 
 @dataclass
+class LinkConfig:
+    """One party's access link and compute speed (network.py prices the ledger and FLOP tables with them).
+    A message's latency is the sum of its two ends' latency_ms; its transfer runs at the slower of the
+    sender's up_mbps and the receiver's down_mbps."""
+    up_mbps: float = _rule(default=20.0, **positive)        # Mbit/s the party can send
+    down_mbps: float = _rule(default=100.0, **positive)     # Mbit/s it can receive
+    latency_ms: float = _rule(default=50.0, **non_negative)  # one-way delay of its access link
+    # FLOP/s of the party; null: measured once on this machine (network.machine_flops) and written into
+    # the run's config.yaml, so its simulated times can be recomputed from its results directory
+    flops_per_s: Optional[float] = _rule(default=None, **positive)
+
+
+@dataclass
+class HubLinkConfig(LinkConfig):
+    """The server's (and any other party's) link: a data centre's, unless set."""
+    up_mbps: float = _rule(default=1000.0, **positive)
+    down_mbps: float = _rule(default=1000.0, **positive)
+    latency_ms: float = _rule(default=0.0, **non_negative)
+
+
+@dataclass
+class PerClientConfig:
+    """Per-client overrides of network.client: a list of data.num_clients values each (null: all alike)."""
+    up_mbps: Optional[list[float]] = None
+    down_mbps: Optional[list[float]] = None
+    latency_ms: Optional[list[float]] = None
+    flops_per_s: Optional[list[float]] = None
+
+
+@dataclass
+class NetworkConfig:
+    """The simulated network (network.py): every data holder on a "clinic" link by default (20 Mbit/s up,
+    100 down, 50 ms to the server), the server in a data centre (1 Gbit/s both ways, 0 ms)."""
+    client: LinkConfig = field(default_factory=LinkConfig)       # every data holder (client/k, vertical holders)
+    server: HubLinkConfig = field(default_factory=HubLinkConfig)   # the server (also the averaging point)
+    others: HubLinkConfig = field(default_factory=HubLinkConfig)   # any other party: a label holder, further hops
+    per_client: PerClientConfig = field(default_factory=PerClientConfig)
+    # heterogeneous clients: each client's up, down and FLOP/s multiplied by its own lognormal factor
+    # exp(spread * N(0, 1)) (median 1), drawn from the experiment's seed; 0: all alike
+    spread: float = _rule(default=0.0, **non_negative)
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     seed: int = _rule(default=0, **bounded(0, SEED_LIMIT))
@@ -199,6 +242,7 @@ class ExperimentConfig:
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     attacks: AttacksConfig = field(default_factory=AttacksConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
     # further plug-ins, in order: [{name: a registered plug-in or package.module:Class, <its options>}]
     plugins: list[dict] = field(default_factory=list)
     output_dir: Optional[str] = None      # default results/<name>-<timestamp>
@@ -415,9 +459,27 @@ def validate(cfg: ExperimentConfig) -> None:
     if per_round is not None and cfg.training.participation != 1.0:
         raise ConfigError("training.participation", cfg.training.participation,
                           "1.0 (the default) when training.clients_per_round is set: give a fraction or a count, not both")
+    _validate_network(cfg)
     for method in COMPARE_METHODS:
         if getattr(cfg.compare, method):
             method_config(cfg, method)   # a bad per-method override is refused at load time
+
+
+def _validate_network(cfg: ExperimentConfig) -> None:
+    """Per-client lists: one positive number per client (latency: >= 0)."""
+    n = cfg.data.num_clients
+    for key, f in ((f.name, f) for f in dataclasses.fields(PerClientConfig)):
+        values = getattr(cfg.network.per_client, key)
+        if values is None:
+            continue
+        where = f"network.per_client.{key}"
+        if len(values) != n:
+            shown = values if len(values) <= 8 else f"a list of {len(values)} values"
+            raise ConfigError(where, shown, f"a list of data.num_clients ({n}) values, one per client, or null")
+        low, allowed = (0, "a number >= 0") if key == "latency_ms" else (None, "a number > 0")
+        for i, v in enumerate(values):
+            if (v < 0) if low == 0 else (v <= 0):
+                raise ConfigError(f"{where}[{i}]", v, allowed)
 
 
 def _check_party_name(where: str, name: str) -> None:

@@ -2,7 +2,8 @@
 
 Results directory (pandas reads every table):
   config.yaml        the resolved config
-  metrics.csv        one row per round: accuracy, loss, FLOPs per role, bytes per link and kind, wall time
+  metrics.csv        one row per round: accuracy, loss, FLOPs per role, bytes per link and kind, wall time,
+                     simulated time on the config's network (sim_*: network.py, priced from ledger.csv and flops.csv)
   ledger.csv         bytes and messages per (round, src, dst, kind) — sums of the ledger (raw_bytes: before codecs)
   flops.csv          FLOPs per (round, party, phase) — from the meter
   model/             the trained network: <segment>.pt (each segment's state dict) and composed.pt
@@ -46,6 +47,7 @@ from raysplit.console import replay_startup
 from raysplit.data import Dataset, aligned_sample_ids, load_dataset, partition
 from raysplit.errors import ConfigError, PartyLost
 from raysplit.models import eval_mode
+from raysplit.network import add_sim_columns, resolve
 from raysplit.plugins import DriverContext, Plugins, build_plugins
 from raysplit.runtime import dead_hosts
 from raysplit.topology import INPUT, ComposedNet, Topology, build_topology
@@ -255,10 +257,12 @@ LEDGER_COLUMNS = ["round", "src", "dst", "kind", "messages", "bytes", "raw_bytes
 FLOP_COLUMNS = ["round", "party", "role", "phase", "flops"]
 
 
-def _tables(results: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def _tables(results: dict, cfg: ExperimentConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     metrics = add_cumulative(pd.DataFrame(results["rows"]))
     ledger = pd.DataFrame(results["ledger_rows"], columns=LEDGER_COLUMNS)
-    return metrics, ledger, pd.DataFrame(results["flop_rows"], columns=FLOP_COLUMNS)
+    flops = pd.DataFrame(results["flop_rows"], columns=FLOP_COLUMNS)
+    # simulated time under the config's network: priced from the very tables written beside it
+    return add_sim_columns(metrics, ledger, flops, cfg), ledger, flops
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
@@ -379,7 +383,7 @@ class _Run:
                 continue
             self.done += 1
             if self.tmp is not None:
-                for df, name in zip(_tables(self.results), ("metrics.csv", "ledger.csv", "flops.csv")):
+                for df, name in zip(_tables(self.results, cfg), ("metrics.csv", "ledger.csv", "flops.csv")):
                     _write_csv(df, self.tmp / name)
             if self.done % cfg.runtime.checkpoint_every == 0 or self.done == rounds:
                 t0 = time.perf_counter()        # the cost of a checkpoint: gathering the state and writing it
@@ -400,6 +404,7 @@ def run(cfg: ExperimentConfig, out_dir: str | Path | None = None, progress: bool
     ``resume``: the ``.NAME.partial`` directory of an interrupted run of ``cfg``: continue from its last
     checkpoint. An interruption (KeyboardInterrupt) keeps the partial directory (``error.partial``)."""
     plan = plan or prepare(cfg)
+    resolve(cfg)            # unset compute speeds: the machine's, written into config.yaml with the rest
     if resume is not None:
         tmp = Path(resume)
         out = final_dir(tmp)
@@ -445,14 +450,15 @@ def run(cfg: ExperimentConfig, out_dir: str | Path | None = None, progress: bool
         if handler:
             log.removeHandler(handler)
             handler.close()
-    metrics, ledger, flops_df = _tables(state.results)
+    metrics, ledger, flops_df = _tables(state.results, cfg)
     if write:
         last = metrics.iloc[-1]
         summary = dict(name=cfg.name, algorithm=cfg.algorithm, topology=cfg.topology, rounds=len(metrics),
                        final_test_acc=float(last["test_acc"]), best_test_acc=float(metrics["test_acc"].max()),
                        client_tflops_per_client=float(last["client_tflops_per_client_cum"]),
                        client_gb_per_client=float(last["client_gb_per_client_cum"]),
-                       bytes_total=int(last["bytes_total_cum"]), wall_s=float(last["wall_s_cum"]))
+                       bytes_total=int(last["bytes_total_cum"]), wall_s=float(last["wall_s_cum"]),
+                       sim_time_s=float(last["sim_time_s_cum"]))
         for task in plan.topology.tasks[1:]:        # further tasks (multi_task): test_acc_<task>
             summary[f"final_test_acc_{task}"] = float(last[f"test_acc_{task}"])
         save_model(tmp, plan, state.model)

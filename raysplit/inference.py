@@ -5,7 +5,9 @@
 resources, local or on a cluster), and runs each batch's forward pass split across them. A head's logits
 stay with the head's owner and are read by the simulator. Writes ``<RESULTS_DIR>/inference/``:
 predictions.csv, ledger.csv (what crossed: activations, and sample ids where a party reads its own rows),
-flops.csv (per party), summary.json (accuracy, measured latency per batch). Plug-ins (codecs, defences)
+flops.csv (per party), summary.json (accuracy, measured latency per batch, and the simulated latency per
+batch under the run's network: network.py's sequential model, as a batch's forward hops wait for each
+other; ``network``: another network's YAML or mapping instead). Plug-ins (codecs, defences)
 are not applied: the predictions equal the composed network's exactly.
 """
 from __future__ import annotations
@@ -27,6 +29,7 @@ from raysplit.algorithms.base import drain_hosts, install
 from raysplit.data import load_dataset
 from raysplit.engine import SEGMENTS, SegmentServer
 from raysplit.errors import ConfigError, DataError
+from raysplit.network import describe, load_network, network_for, sequential_time
 from raysplit.runtime import connect, start_hosts, stop_hosts
 from raysplit.topology import build_topology
 
@@ -62,11 +65,12 @@ def _data(cfg, data: str) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def infer(results_dir: str | Path, data: str = "test", batch_size: int | None = None, address: str | None = None,
-          out_dir: str | Path | None = None) -> InferenceResult:
+          out_dir: str | Path | None = None, network: str | Path | dict | None = None) -> InferenceResult:
     d = Path(results_dir)
     if not (d / "model" / "composed.pt").is_file():
         raise ConfigError("RESULTS_DIR", str(d), "a finished run's results directory (it holds model/composed.pt)")
     cfg = config_mod.load(d / "config.yaml", [f"runtime.address={address}"] if address else [])
+    net = network_for(cfg, load_network(network) if isinstance(network, (str, Path)) else network)
     meta = json.loads((d / "model" / "meta.json").read_text())
     topology, modules = build_topology(cfg, tuple(meta["input_shape"]), meta["num_classes"])
     for name, module in modules.items():
@@ -107,6 +111,9 @@ def infer(results_dir: str | Path, data: str = "test", batch_size: int | None = 
             summary["accuracy" if task == topology.tasks[0] else f"accuracy_{task}"] = float((pred == truth).mean())
     ledger = pd.DataFrame(summarize(entries, raw=True))
     flops_df = pd.DataFrame([dict(party=p, role=role_of(p), phase=ph, flops=f) for (p, ph), f in sorted(flops.items())])
+    comm, compute = sequential_time(ledger, flops_df, net)     # every batch alike: the mean is the batch's
+    summary.update(sim_latency_ms=1e3 * (comm + compute) / len(latency), sim_comm_ms=1e3 * comm / len(latency),
+                   sim_compute_ms=1e3 * compute / len(latency), network=describe(net.cfg))
     tmp = out.parent / f".{out.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -643,3 +643,22 @@ def test_refused_after_ray_started_leaves_only_the_error_line(tmp_path):
     ours = [line for line in p.stderr.splitlines() if re.match(r"^(\d\d:\d\d:\d\d |raysplit)", line)]
     assert len(ours) == 1 and ours[0].startswith("raysplit: error: runtime"), p.stderr
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- the network model (issue 14)
+
+NETWORK_CASES = [
+    ("network.client.up_mbps=-20", r"network\.client\.up_mbps: -20\.0 is not allowed; expected a number > 0"),
+    ("network.server.down_mbps=0", r"network\.server\.down_mbps: 0\.0 is not allowed; expected a number > 0"),
+    ("network.client.latency_ms=-5", r"network\.client\.latency_ms: -5\.0 .*a number >= 0"),
+    ("network.clinic={up_mbps: 5}", r"network\.clinic: .*a known key of network: client, server, others"),
+    ("network.per_client.up_mbps=[10, 20]", r"network\.per_client\.up_mbps: \[10\.0, 20\.0\] .*data\.num_clients \(100\)"),
+    ("network.client.flops_per_s=fast", r"network\.client\.flops_per_s: 'fast' .*a number > 0"),
+    ("network.spread=-0.5", r"network\.spread: -0\.5 .*a number >= 0"),
+]
+
+
+@pytest.mark.parametrize("setting,pattern", NETWORK_CASES, ids=[c[0].split("=")[0] for c in NETWORK_CASES])
+def test_bad_network_settings_are_refused(tmp_path, capsys, setting, pattern):
+    raw = shrink(yaml.safe_load((ROOT / "experiments" / "paper" / "fig3_fmnist_100.yaml").read_text()))
+    validate_refuses(capsys, write_config(tmp_path, raw), setting, pattern=pattern)

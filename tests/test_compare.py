@@ -22,8 +22,12 @@ def test_compare_writes_one_directory_with_three_runs(tmp_path):
     report = (out / "report" / "report.md").read_text()          # the figures, drawn from these three runs
     assert all(m in report for m in ("SplitNN", "Federated averaging", "Large-batch sync. SGD"))
     assert (out / "report" / "accuracy_vs_client_tflops.png").stat().st_size > 0
+    assert (out / "report" / "accuracy_vs_sim_time.png").stat().st_size > 0          # issue 14
     table = pd.read_csv(out / "comparison.csv")
     assert list(table["method"]) == METHODS
+    assert table["sim_time_s"].gt(0).all()
+    speeds = {yaml.safe_load((out / m / "config.yaml").read_text())["network"]["client"]["flops_per_s"] for m in METHODS}
+    assert len(speeds) == 1 and None not in speeds      # one measured compute speed, written into every config
     for method in METHODS:
         run_dir = out / method
         assert (run_dir / "metrics.csv").is_file() and (run_dir / "ledger.csv").is_file()

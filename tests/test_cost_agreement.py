@@ -7,6 +7,7 @@ weights) nor out of the very last one; so the measured total is the model's minu
 import pytest
 
 from analysis.cost_model import splitnn_costs
+from analysis.time_model import splitnn_time
 from conftest import small_config
 from raysplit.experiment import run
 
@@ -30,3 +31,9 @@ def test_splitnn_cost_model_equals_ledger_and_meter(ray_session, handoff):
     one_hand_off = (model.client_sent["weights"] + model.client_sent["optimizer_state"]) // rounds
     measured = m["client_bytes"].sum()
     assert measured == clients * model.client_bytes - 2 * one_hand_off
+    # time (issue 14): the analytic closed form equals the simulator's pricing of this run's ledger and FLOPs
+    t = splitnn_time("fmnist_cnn", [1, 8, 8], 4, ["pool1"], samples_per_client=per, num_clients=clients, epochs=rounds,
+                     batch_size=12, network=cfg.network, optimizer="sgd_momentum", handoff=handoff)
+    assert m["sim_comm_s"].sum() == pytest.approx(t.comm_s, rel=1e-9)
+    assert m["sim_compute_s"].sum() == pytest.approx(t.compute_s, rel=1e-9)
+    assert m["sim_time_s_cum"].iloc[-1] == pytest.approx(t.total_s, rel=1e-9)

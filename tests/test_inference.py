@@ -30,6 +30,12 @@ def test_split_inference_equals_the_composed_network(ray_session, tmp_path, case
     assert result.summary["batches"] == -(-len(ds.test_y) // 7)
     assert (result.flops["phase"] == "forward").all() and result.flops["flops"].gt(0).all()
     assert (result.out_dir / "predictions.csv").is_file()
+    # simulated latency per batch: the sequential time model over the inference ledger and FLOPs
+    from raysplit.network import network_for, sequential_time
+    from raysplit import config
+    comm, compute = sequential_time(result.ledger, result.flops, network_for(config.load(trained.out_dir / "config.yaml")))
+    assert result.summary["sim_latency_ms"] == pytest.approx(1e3 * (comm + compute) / result.summary["batches"])
+    assert result.summary["sim_comm_ms"] > 0 and result.summary["sim_compute_ms"] > 0
 
 
 def test_infer_needs_a_finished_run(tmp_path):

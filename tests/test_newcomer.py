@@ -36,9 +36,10 @@ def test_plot_takes_options_in_any_order(argv, monkeypatch, tmp_path):
     from analysis import plots
 
     calls = []
-    monkeypatch.setattr(plots, "make_report", lambda runs, out: calls.append((runs, out)) or {"report": tmp_path})
+    monkeypatch.setattr(plots, "make_report",
+                        lambda runs, out, networks=(): calls.append((runs, out, networks)) or {"report": tmp_path})
     assert cli.main(argv) == 0
-    assert calls == [(["R1", "R2"], "figs")]
+    assert calls == [(["R1", "R2"], "figs", [])]          # no --network: the runs' own
 
 
 def test_costs_tables_writes_to_the_current_directory_with_progress(monkeypatch, tmp_path, capsys):
