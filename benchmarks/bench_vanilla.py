@@ -62,6 +62,9 @@ def main() -> None:
         t_ref.append(t2 - t1)
         ratios.append((t1 - t0) / (t2 - t1))
         print(f"repeat {r}: raysplit {t1 - t0:.2f}s  reference {t2 - t1:.2f}s  ratio {ratios[-1]:.3f}", flush=True)
+    # the same arithmetic: both trained the same batches (warm-up + repeats), so the weights agree to rounding
+    a, b = split.model().state_dict(), ref.model().state_dict()
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
     split.stop()
     print(f"\n{date.today()} {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads "
           f"in the reference, torch {torch.__version__}, ray {ray.__version__}")
@@ -70,6 +73,7 @@ def main() -> None:
     print(f"median per step: raysplit {statistics.median(t_split) / steps * 1e3:.2f} ms, "
           f"reference {statistics.median(t_ref) / steps * 1e3:.2f} ms")
     print(f"median ratio raysplit / reference: {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
+    print(f"max |parameter difference| after {args.repeats + 1} rounds: {diff:.1e}; load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -305,6 +305,8 @@ def _coerce(value: Any, tp, path: str, meta: dict) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(path, value, meta.get("allowed") or "an integer")
     elif tp is float:
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+            value = float(value)       # PyYAML reads 1e-3 (no dot) as a string; users mean the number
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(path, value, meta.get("allowed") or "a number")
         value = float(value)
@@ -315,6 +317,9 @@ def _coerce(value: Any, tp, path: str, meta: dict) -> Any:
     if check is not None and not check(value):
         raise ConfigError(path, value, meta["allowed"])
     return value
+
+
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _build(cls, raw: dict, prefix: str = ""):

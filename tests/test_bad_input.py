@@ -662,3 +662,13 @@ NETWORK_CASES = [
 def test_bad_network_settings_are_refused(tmp_path, capsys, setting, pattern):
     raw = shrink(yaml.safe_load((ROOT / "experiments" / "paper" / "fig3_fmnist_100.yaml").read_text()))
     validate_refuses(capsys, write_config(tmp_path, raw), setting, pattern=pattern)
+
+
+def test_exponent_without_a_dot_is_a_number_not_a_string():
+    """PyYAML (YAML 1.1) reads `lr: 1e-3` as the string '1e-3': a float field takes it as the number;
+    a word stays refused."""
+    raw = yaml.safe_load("training: {lr: 1e-3, momentum: 0.9}")
+    assert raw["training"]["lr"] == "1e-3"
+    assert config.from_dict({"name": "x", **raw}).training.lr == 1e-3
+    with pytest.raises(config.ConfigError, match="training.lr"):
+        config.from_dict({"name": "x", "training": {"lr": "1e-3x"}})
