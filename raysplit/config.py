@@ -77,6 +77,9 @@ class TrainingConfig:
     # parallel schedules (SplitFed, FedAvg): the clients taking part in a round, sampled from the seed each round
     participation: float = _rule(default=1.0, **fraction)                 # a fraction of the clients...
     clients_per_round: Optional[int] = _rule(default=None, **positive)    # ...or a count (takes precedence)
+    # SplitFed: the party averaging the client-side weights: a party of its own (the SplitFed paper's fed
+    # server), or the main server (which then receives every client's client-side weights)
+    averaging_point: Literal["fed_server", "server"] = "fed_server"
 
 
 @dataclass
