@@ -47,13 +47,13 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> float:
     return float(s.mean())
 
 
-def attack_plugins(cfg, seed: int) -> list[Plugin]:
+def attack_plugins(cfg, seed: int, batch_size: int = 1) -> list[Plugin]:
     """The config's ``attacks:`` section as plug-ins."""
     out: list[Plugin] = []
     if cfg.model_inversion:
         out.append(ModelInversion(cfg.aux_samples, cfg.targets, cfg.decoder_epochs, seed))
     if cfg.label_inference:
-        out.append(LabelInference(cfg.probe, cfg.positive_class, seed))
+        out.append(LabelInference(cfg.probe, cfg.positive_class, seed, batch_size))
     return out
 
 
@@ -76,8 +76,8 @@ def gradient_receivers(topology) -> list[tuple]:
 
 @PLUGINS.register("label_inference")
 class LabelInference(Plugin):
-    def __init__(self, probe: int = 256, positive_class: int = 0, seed: int = 0):
-        self.probe, self.positive_class, self.seed = probe, positive_class, seed
+    def __init__(self, probe: int = 256, positive_class: int = 0, seed: int = 0, batch_size: int = 1):
+        self.probe, self.positive_class, self.seed, self.batch_size = probe, positive_class, seed, batch_size
 
     def evaluate(self, model, dataset) -> dict[str, float]:
         topo = model.topology
@@ -90,7 +90,9 @@ class LabelInference(Plugin):
                 ins = [topo.view(head.owner, x) if i == INPUT else vals[i].clone().requires_grad_(i == seg.name)
                        for i in head.inputs]
                 logits = model.segs[head.name](*ins)
-                loss = nn.functional.cross_entropy(logits, topo.labels(head.task, y), reduction="sum")
+                # each sample's gradient at the scale the party receives it in training (of a batch's mean
+                # loss), so that a gradient-noise defence's sigma means here what it means there
+                loss = nn.functional.cross_entropy(logits, topo.labels(head.task, y), reduction="sum") / self.batch_size
                 (g,) = torch.autograd.grad(loss, [ins[head.inputs.index(seg.name)]])
                 g = self.driver.as_received(head.owner, seg.owner, "gradient", g).flatten(1).detach()
                 positive = topo.labels(head.task, y) == self.positive_class

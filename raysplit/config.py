@@ -52,6 +52,8 @@ class DataConfig:
     shards_per_client: int = _rule(default=2, **positive)
     train_samples: Optional[int] = _rule(default=None, **positive)  # use a subset of the training set
     test_samples: Optional[int] = _rule(default=None, **positive)
+    # keep only these classes, relabelled 0..k-1 in this order (e.g. [0, 6]: a binary task, for label inference)
+    classes: Optional[list[int]] = None
     synthetic_samples: int = _rule(default=2048, **bounded(1, MAX_SAMPLES))
     synthetic_shape: list[int] = field(default_factory=lambda: [1, 8, 8])
     synthetic_classes: int = _rule(default=4, **bounded(1, MAX_CLASSES))
@@ -152,6 +154,16 @@ class CompareConfig:
 
 
 @dataclass
+class SweepConfig:
+    """``raysplit sweep``: the settings to run, in the config (beside ``--grid`` on the command line, which
+    wins for a field named in both). Every combination of ``grid``, then every one of ``points``; a field a
+    point leaves out keeps the config's value. Ignored by ``raysplit run``."""
+    grid: dict = _rule(default_factory=dict, allowed="a mapping of a field to a non-empty list of its values, "
+                       "e.g. {privacy.nopeek: [0, 1]}", check=lambda d: all(isinstance(v, list) and v for v in d.values()))
+    points: list[dict] = field(default_factory=list)  # settings one by one, e.g. [{privacy.activation_noise: 0.5}]
+
+
+@dataclass
 class CompressionConfig:
     """Codecs for what crosses a cut (compression.py: CODECS; null: sent as it is)."""
     activation: Optional[str] = None      # identity, float16, int8, topk, or a registered codec
@@ -206,6 +218,7 @@ class ExperimentConfig:
     plugins: list[dict] = field(default_factory=list)
     output_dir: Optional[str] = None      # default results/<name>-<timestamp>
     compare: CompareConfig = field(default_factory=lambda: CompareConfig())
+    sweep: SweepConfig = field(default_factory=lambda: SweepConfig())
 
 
 # --------------------------------------------------------------------------- loading and validation

@@ -175,7 +175,7 @@ def build_plugins(cfg, num_classes: int | None = None) -> list[Plugin]:
     from raysplit.compression import compression_plugin
     from raysplit.privacy import privacy_plugins
 
-    out = privacy_plugins(cfg.privacy, cfg.seed, num_classes) + attack_plugins(cfg.attacks, cfg.seed)
+    out = privacy_plugins(cfg.privacy, cfg.seed, num_classes) + attack_plugins(cfg.attacks, cfg.seed, cfg.training.batch_size)
     out += [p for p in [compression_plugin(cfg.compression)] if p is not None]
     for i, spec in enumerate(cfg.plugins):
         where = f"plugins[{i}]"
