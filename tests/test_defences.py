@@ -61,12 +61,15 @@ def test_nopeek_lowers_the_measured_leakage_and_sends_nothing_more(ray_session):
 
 def test_gaussian_noise_is_seeded_by_the_message_not_the_hosting(ray_session):
     noisy = "privacy.activation_noise=0.5"
-    a = run(small_config(noisy, "privacy.gradient_noise=0.01", "privacy.clip=20"), progress=False, write=False)
+    probe = "privacy.leakage_probe=32"
+    a = run(small_config(noisy, "privacy.gradient_noise=0.01", "privacy.clip=20", probe), progress=False, write=False)
     b = run(small_config(noisy, "privacy.gradient_noise=0.01", "privacy.clip=20", "runtime.workers=2"),
             progress=False, write=False)
-    plain = run(small_config(), progress=False, write=False)
+    plain = run(small_config(probe), progress=False, write=False)
     cols = ["test_acc", "test_loss", "train_loss"]
     assert a.metrics[cols].equals(b.metrics[cols])
+    # the leakage is measured on what the server receives: the noise lowers it
+    assert a.metrics["dcor_s0"].iloc[-1] < plain.metrics["dcor_s0"].iloc[-1]
     assert not a.metrics[cols].equals(plain.metrics[cols])
     assert a.ledger["bytes"].sum() == plain.ledger["bytes"].sum()
 
