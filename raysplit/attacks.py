@@ -60,7 +60,7 @@ def attack_plugins(cfg, seed: int, batch_size: int = 1) -> list[Plugin]:
 def auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     """Area under the ROC curve: the chance that a positive sample scores above a negative one (ties: half)."""
     pos, neg = scores[positive], scores[~positive]
-    if len(pos) == 0 or len(neg) == 0:
+    if len(pos) == 0 or len(neg) == 0 or not torch.isfinite(scores).all():   # (a diverged model: no figure, not 0)
         return float("nan")
     greater = (pos[:, None] > neg[None, :]).double().mean()
     ties = (pos[:, None] == neg[None, :]).double().mean()
