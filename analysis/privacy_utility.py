@@ -81,6 +81,10 @@ def plot_privacy_utility(rep: pd.DataFrame, keys: list[str], path: Path, title: 
         for _, r in rep.iterrows():
             ax.annotate(r["setting"], (r[col], r["final_test_acc"]), fontsize=7, xytext=(4, 3),
                         textcoords="offset points")
+        missing = list(rep.loc[rep[col].isna(), "setting"])
+        if missing:            # e.g. a defence that made training diverge: the attack has nothing to score
+            ax.text(0.01, 0.01, "no figure for: " + ", ".join(missing), transform=ax.transAxes, fontsize=7,
+                    color="gray")
         ax.set_xlabel(AXES[col] + " (lower: more private)")
         ax.set_ylabel("final test accuracy")
         ax.grid(True, alpha=0.3)
