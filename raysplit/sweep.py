@@ -114,6 +114,12 @@ def _get(raw: dict, dotted: str):
     return node
 
 
+def _yaml(value) -> str:
+    """A value as an override's YAML text that reads back as the same value (JSON would write 1e-06, which
+    YAML reads as a string)."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10**9).removesuffix("\n...\n").strip()
+
+
 def _slug(point: dict) -> str:
     def short(v):
         return re.sub(r"[^A-Za-z0-9_.+-]+", "_", json.dumps(v).replace('"', "")).strip("_") or "none"
@@ -162,7 +168,7 @@ def plan_trials(config_path, overrides: list[str], grid: dict[str, list], out: P
     trials, datasets = [], {}
     base = config_mod.load(config_path, overrides)
     for i, point in enumerate(settings(grid, list(points), base)):
-        extra = [f"{k}={json.dumps(v)}" for k, v in point.items() if v is not None]
+        extra = [f"{k}={_yaml(v)}" for k, v in point.items() if v is not None]
         try:
             cfg = config_mod.load(config_path, [*overrides, *extra])
             key = json.dumps([config_mod.to_dict(cfg)["data"], cfg.seed], sort_keys=True, default=str)
