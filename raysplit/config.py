@@ -418,6 +418,10 @@ def validate(cfg: ExperimentConfig) -> None:
         cfg.algorithm = "splitfed"
     if cfg.algorithm == "splitfed":
         cfg.schedule = "parallel"
+        named = [*(cfg.parties or []), cfg.multi_task.group_owner]
+        if cfg.training.averaging_point == "fed_server" and "fed_server" in named:
+            raise ConfigError("training.averaging_point", "fed_server", "server, or no party of the topology named "
+                              "fed_server (the averaging party has that name)")
     if cfg.schedule == "parallel" and cfg.topology == "vertical":
         raise ConfigError("schedule", "parallel", "sequential for topology vertical (its holders share one sample "
                           "space; there are no clients to run in parallel)")

@@ -217,11 +217,12 @@ def test_participation_sampling_is_seeded():
     (["training.participation=0.5", "training.clients_per_round=3"], r"training.participation: 0.5 .*not both"),
     (["splitfed=v3"], r"splitfed: 'v3' .*one of v1, v2"),
     (["training.averaging_point=client"], r"training.averaging_point: 'client' .*one of fed_server, server"),
+    (["topology=extended", "parties=[client,fed_server,server]"], r"training.averaging_point: 'fed_server' .*named fed_server"),
     (["schedule=async"], r"schedule: 'async' .*one of sequential, parallel"),
 ])
 def test_bad_parallel_config(sets, pattern):
     with pytest.raises(ConfigError, match=pattern):
-        from_dict({}, sets)
+        from_dict({}, ["schedule=parallel", *sets])
 
 
 def test_splitnn_with_parallel_schedule_is_splitfed_and_vice_versa():
