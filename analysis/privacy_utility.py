@@ -78,9 +78,12 @@ def plot_privacy_utility(rep: pd.DataFrame, keys: list[str], path: Path, title: 
             ax.plot(line[col], line["final_test_acc"], "-", color=f"C{i}", alpha=0.5)
             ax.plot(group[col], group["final_test_acc"], "o", color=f"C{i}", label=defence)
         ax.plot(baseline[col], baseline["final_test_acc"], "k*", markersize=12, label="no defence")
-        for _, r in rep.iterrows():
-            ax.annotate(r["setting"], (r[col], r["final_test_acc"]), fontsize=7, xytext=(4, 3),
-                        textcoords="offset points")
+        # each point's value(s) (its colour names the defence), alternately above and below: close points stay legible
+        for i, (_, r) in enumerate(rep.sort_values(col).iterrows()):
+            if r["defence"] != "no defence" and pd.notna(r[col]):
+                text = ", ".join(part.split("=", 1)[1] for part in r["setting"].split(", "))
+                ax.annotate(text, (r[col], r["final_test_acc"]), fontsize=7, xytext=(3, 4 if i % 2 else -10),
+                            textcoords="offset points")
         missing = list(rep.loc[rep[col].isna(), "setting"])
         if missing:            # e.g. a defence that made training diverge: the attack has nothing to score
             ax.text(0.01, 0.01, "no figure for: " + ", ".join(missing), transform=ax.transAxes, fontsize=7,
