@@ -5,7 +5,8 @@ without labels that receives the gradients of its output (the U-shaped server, a
 scores each sample by the gradient's norm, and by its cosine with the gradient of one sample it knows to be
 positive; ``label_auc_norm`` and ``label_auc_direction`` in metrics.csv: the AUC of those scores for
 ``positive_class`` vs the rest (0.5: nothing leaks, 1.0: the labels are read off the gradients), on a probe
-batch of training samples, with the gradients as the party receives them (through defences).
+batch of training samples, with the gradients as the party receives them (through defences). The scores are
+matrix products, so the FLOP meter counts them: metered to the receiving party, phase ``attack``.
 
 ``ModelInversion``: the party that receives a data holder's cut activations (the server in vanilla)
 trains a decoder from cut activations back to inputs on an auxiliary data set it holds (``aux_samples``
@@ -13,7 +14,12 @@ training samples, disjoint from the targets), then reconstructs held-out client 
 their activations. Every evaluated round: ``inversion_mse`` and ``inversion_ssim`` in metrics.csv, and a
 PNG grid (originals above, reconstructions below) in ``<results>/attacks/``. The attack is run by the
 simulator on the driver with the round's client segment; the activations it sees are what the server
-receives (through the run's defences and codecs). Its compute is not metered to any party yet.
+receives (through the run's defences and codecs). The decoder's training and the reconstructions are
+metered to the attacking party (phase ``attack`` in flops.csv: never mixed with training FLOPs, never in the
+client's TFLOPs); the client-segment forwards that give the attacker its auxiliary activations are the
+simulator's (taken as given: how an attacker obtains them, e.g. by queries, is outside the model).
+
+Both attacks run on the driver, in ``evaluate``, on the party's behalf: ``self.driver.meter`` takes their FLOPs.
 """
 from __future__ import annotations
 
@@ -41,20 +47,20 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> float:
     return float(s.mean())
 
 
-def attack_plugins(cfg, seed: int) -> list[Plugin]:
+def attack_plugins(cfg, seed: int, batch_size: int = 1) -> list[Plugin]:
     """The config's ``attacks:`` section as plug-ins."""
     out: list[Plugin] = []
     if cfg.model_inversion:
         out.append(ModelInversion(cfg.aux_samples, cfg.targets, cfg.decoder_epochs, seed))
     if cfg.label_inference:
-        out.append(LabelInference(cfg.probe, cfg.positive_class, seed))
+        out.append(LabelInference(cfg.probe, cfg.positive_class, seed, batch_size))
     return out
 
 
 def auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     """Area under the ROC curve: the chance that a positive sample scores above a negative one (ties: half)."""
     pos, neg = scores[positive], scores[~positive]
-    if len(pos) == 0 or len(neg) == 0:
+    if len(pos) == 0 or len(neg) == 0 or not torch.isfinite(scores).all():   # (a diverged model: no figure, not 0)
         return float("nan")
     greater = (pos[:, None] > neg[None, :]).double().mean()
     ties = (pos[:, None] == neg[None, :]).double().mean()
@@ -70,8 +76,8 @@ def gradient_receivers(topology) -> list[tuple]:
 
 @PLUGINS.register("label_inference")
 class LabelInference(Plugin):
-    def __init__(self, probe: int = 256, positive_class: int = 0, seed: int = 0):
-        self.probe, self.positive_class, self.seed = probe, positive_class, seed
+    def __init__(self, probe: int = 256, positive_class: int = 0, seed: int = 0, batch_size: int = 1):
+        self.probe, self.positive_class, self.seed, self.batch_size = probe, positive_class, seed, batch_size
 
     def evaluate(self, model, dataset) -> dict[str, float]:
         topo = model.topology
@@ -84,16 +90,31 @@ class LabelInference(Plugin):
                 ins = [topo.view(head.owner, x) if i == INPUT else vals[i].clone().requires_grad_(i == seg.name)
                        for i in head.inputs]
                 logits = model.segs[head.name](*ins)
-                loss = nn.functional.cross_entropy(logits, topo.labels(head.task, y), reduction="sum")
+                # each sample's gradient at the scale the party receives it in training (of a batch's mean
+                # loss), so that a gradient-noise defence's sigma means here what it means there
+                loss = nn.functional.cross_entropy(logits, topo.labels(head.task, y), reduction="sum") / self.batch_size
                 (g,) = torch.autograd.grad(loss, [ins[head.inputs.index(seg.name)]])
-                g = self.driver.as_received(head.owner, seg.owner, "gradient", g).flatten(1)
+                g = self.driver.as_received(head.owner, seg.owner, "gradient", g).flatten(1).detach()
                 positive = topo.labels(head.task, y) == self.positive_class
                 known = int(positive.nonzero()[0]) if positive.any() else 0        # one sample the attacker knows
+                scorer, inputs = LabelScores(), [g, g[known:known + 1]]
+                norms, cosines = scorer(*inputs)
+                self.driver.meter.add(seg.owner, "attack", self.driver.meter.cost("attack:label_scores", scorer,
+                                                                                  inputs, False)[0])
                 suffix = "" if len(out) == 0 else f"_{seg.owner}"
-                out[f"label_auc_norm{suffix}"] = max_auc(g.norm(dim=1), positive)
-                out[f"label_auc_direction{suffix}"] = auc(nn.functional.cosine_similarity(g, g[known:known + 1]),
-                                                          positive)
+                out[f"label_auc_norm{suffix}"] = max_auc(norms, positive)
+                out[f"label_auc_direction{suffix}"] = auc(cosines, positive)
         return out
+
+
+class LabelScores(nn.Module):
+    """The attacker's scores from the gradients it received, (N, D): each row's norm and its cosine with the
+    known positive's gradient (1, D). Written as matrix products so that the FLOP meter counts them."""
+
+    def forward(self, g: torch.Tensor, known: torch.Tensor):
+        norms = torch.sqrt((g.unsqueeze(1) @ g.unsqueeze(2)).flatten())
+        dots = (g @ known.T).flatten()
+        return norms, dots / (norms * torch.sqrt(known @ known.T).flatten()).clamp(min=1e-8)
 
 
 def max_auc(scores, positive) -> float:
@@ -144,6 +165,7 @@ class ModelInversion(Plugin):
             # what the attacker observes: the activations as the consumer of the cut receives them
             dst = topo.consumers(seg.name)[0].owner
             z_aux, z_t = (self.driver.as_received(seg.owner, dst, "activation", client(x)) for x in (x_aux, x_t))
+        meter, flops = self.driver.meter, 0
         with torch.random.fork_rng():                # the attack must not disturb training's randomness
             torch.manual_seed(self.seed)
             decoder = self._decoder(z_aux[0].numel(), x_aux.shape[1:])
@@ -153,8 +175,11 @@ class ModelInversion(Plugin):
                     opt.zero_grad()
                     nn.functional.mse_loss(decoder(z_aux[i]), x_aux[i]).backward()
                     opt.step()
+                    flops += sum(meter.cost("attack:decoder", decoder, [z_aux[i]], False))
             with torch.no_grad():
                 rec = decoder(z_t)
+            flops += meter.cost("attack:decoder", decoder, [z_t], False)[0]
+        meter.add(dst, "attack", flops)              # the party that receives the cut: the one attacking it
         out = {"inversion_mse": float(nn.functional.mse_loss(rec, x_t))}
         if x_t.dim() == 4:
             out["inversion_ssim"] = ssim(x_t, rec)

@@ -82,8 +82,12 @@ def cmd_sweep(args) -> int:
     from raysplit import sweep
 
     base = _load(args)           # the config and --set are checked before any grid point
-    result = sweep.sweep(args.config, list(args.set or []) + _address(args), sweep.parse_grid(args.grid),
-                         out_dir=args.out, progress=not args.quiet, base=base)
+    grid = {**base.sweep.grid, **(sweep.parse_grid(args.grid) if args.grid else {})}
+    if not grid and not base.sweep.points:
+        raise ConfigError("--grid", None, "at least one KEY=VALUES, or a sweep: section in the config "
+                          "(grid: {field: [values]} and/or points: [{field: value}])")
+    result = sweep.sweep(args.config, list(args.set or []) + _address(args), grid,
+                         out_dir=args.out, progress=not args.quiet, base=base, points=base.sweep.points)
     print()
     shown = result.table.drop(columns=["results"]).fillna({"error": ""})
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -189,9 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run a config at every point of a parameter grid, one Ray Tune trial each; "
                                      "a table and plots across trials")
     _config_args(p)
-    p.add_argument("--grid", action="append", required=True, metavar="KEY=VALUES",
+    p.add_argument("--grid", action="append", metavar="KEY=VALUES",
                    help="a swept field and its values: --grid data.num_clients=10,100 or "
-                        "--grid model.cut_layers=[[pool1],[pool2]] (repeat for a grid over several fields)")
+                        "--grid model.cut_layers=[[pool1],[pool2]] (repeat for a grid over several fields); "
+                        "optional where the config has a sweep: section (grid and/or points)")
     p.add_argument("--out", help="sweep directory (default results/<name>-sweep-<timestamp>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_sweep)

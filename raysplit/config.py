@@ -52,6 +52,8 @@ class DataConfig:
     shards_per_client: int = _rule(default=2, **positive)
     train_samples: Optional[int] = _rule(default=None, **positive)  # use a subset of the training set
     test_samples: Optional[int] = _rule(default=None, **positive)
+    # keep only these classes, relabelled 0..k-1 in this order (e.g. [0, 6]: a binary task, for label inference)
+    classes: Optional[list[int]] = None
     synthetic_samples: int = _rule(default=2048, **bounded(1, MAX_SAMPLES))
     synthetic_shape: list[int] = field(default_factory=lambda: [1, 8, 8])
     synthetic_classes: int = _rule(default=4, **bounded(1, MAX_CLASSES))
@@ -77,6 +79,9 @@ class TrainingConfig:
     # parallel schedules (SplitFed, FedAvg): the clients taking part in a round, sampled from the seed each round
     participation: float = _rule(default=1.0, **fraction)                 # a fraction of the clients...
     clients_per_round: Optional[int] = _rule(default=None, **positive)    # ...or a count (takes precedence)
+    # SplitFed: the party averaging the client-side weights: a party of its own (the SplitFed paper's fed
+    # server), or the main server (which then receives every client's client-side weights)
+    averaging_point: Literal["fed_server", "server"] = "fed_server"
 
 
 @dataclass
@@ -146,6 +151,16 @@ class CompareConfig:
     splitnn: dict = field(default_factory=dict)
     fedavg: dict = field(default_factory=dict)
     large_batch_sgd: dict = field(default_factory=dict)
+
+
+@dataclass
+class SweepConfig:
+    """``raysplit sweep``: the settings to run, in the config (beside ``--grid`` on the command line, which
+    wins for a field named in both). Every combination of ``grid``, then every one of ``points``; a field a
+    point leaves out keeps the config's value. Ignored by ``raysplit run``."""
+    grid: dict = _rule(default_factory=dict, allowed="a mapping of a field to a non-empty list of its values, "
+                       "e.g. {privacy.nopeek: [0, 1]}", check=lambda d: all(isinstance(v, list) and v for v in d.values()))
+    points: list[dict] = field(default_factory=list)  # settings one by one, e.g. [{privacy.activation_noise: 0.5}]
 
 
 @dataclass
@@ -247,6 +262,7 @@ class ExperimentConfig:
     plugins: list[dict] = field(default_factory=list)
     output_dir: Optional[str] = None      # default results/<name>-<timestamp>
     compare: CompareConfig = field(default_factory=lambda: CompareConfig())
+    sweep: SweepConfig = field(default_factory=lambda: SweepConfig())
 
 
 # --------------------------------------------------------------------------- loading and validation
@@ -451,6 +467,10 @@ def validate(cfg: ExperimentConfig) -> None:
         cfg.algorithm = "splitfed"
     if cfg.algorithm == "splitfed":
         cfg.schedule = "parallel"
+        named = [*(cfg.parties or []), cfg.multi_task.group_owner]
+        if cfg.training.averaging_point == "fed_server" and "fed_server" in named:
+            raise ConfigError("training.averaging_point", "fed_server", "server, or no party of the topology named "
+                              "fed_server (the averaging party has that name)")
     if cfg.schedule == "parallel" and cfg.topology == "vertical":
         raise ConfigError("schedule", "parallel", "sequential for topology vertical (its holders share one sample "
                           "space; there are no clients to run in parallel)")

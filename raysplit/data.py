@@ -238,12 +238,28 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     ds = DATASETS.get(cfg.dataset, "data.dataset")(cfg, seed)
     if not isinstance(ds, Dataset):
         raise ConfigError("data.dataset", cfg.dataset, f"a loader returning a raysplit.data.Dataset (got {type(ds).__name__})")
+    if cfg.classes is not None:
+        ds = keep_classes(ds, cfg.classes)
     # copies, not views: a view would keep the whole loaded array alive in the driver
     if cfg.train_samples is not None:
         ds.train_x, ds.train_y = ds.train_x[: cfg.train_samples].copy(), ds.train_y[: cfg.train_samples].copy()
     if cfg.test_samples is not None:
         ds.test_x, ds.test_y = ds.test_x[: cfg.test_samples].copy(), ds.test_y[: cfg.test_samples].copy()
     check_dataset(ds, cfg.dataset)
+    return ds
+
+
+def keep_classes(ds: Dataset, classes: list[int]) -> Dataset:
+    """The samples of ``classes`` only, relabelled 0..k-1 in the order given."""
+    if len(classes) < 2 or len(set(classes)) != len(classes) or not all(0 <= c < ds.num_classes for c in classes):
+        raise ConfigError("data.classes", classes, f"two or more distinct classes of the data set, in "
+                          f"0..{ds.num_classes - 1}")
+    relabel = np.full(ds.num_classes, -1, dtype=np.int64)
+    relabel[classes] = np.arange(len(classes))
+    keep_train, keep_test = relabel[ds.train_y] >= 0, relabel[ds.test_y] >= 0
+    ds.train_x, ds.train_y = ds.train_x[keep_train], relabel[ds.train_y[keep_train]]
+    ds.test_x, ds.test_y = ds.test_x[keep_test], relabel[ds.test_y[keep_test]]
+    ds.num_classes = len(classes)
     return ds
 
 

@@ -38,7 +38,7 @@ from torch import nn
 from tqdm import tqdm
 
 from raysplit import config as config_mod
-from raysplit.accounting import Entry, role_of, summarize
+from raysplit.accounting import Entry, FlopMeter, role_of, summarize
 from raysplit.algorithms import ALGORITHMS, Plan
 from raysplit.attacks import gradient_receivers
 from raysplit.checkpoint import Checkpoint, Checkpoints
@@ -188,6 +188,9 @@ def round_row(r: int, cfg: ExperimentConfig, train: dict, test: dict, entries: l
     for role in sorted({k.rsplit("_flops_", 1)[0] for k in by_role} | {"client"}):
         fwd, bwd = by_role.get(f"{role}_flops_forward", 0.0), by_role.get(f"{role}_flops_backward", 0.0)
         row[f"{role}_flops_forward"], row[f"{role}_flops_backward"], row[f"{role}_flops"] = fwd, bwd, fwd + bwd
+    # other phases (an attack's compute) get columns of their own, outside the training FLOPs above
+    for key in sorted(k for k in by_role if k.rsplit("_flops_", 1)[1] not in ("forward", "backward")):
+        row[key] = by_role[key]
     row["client_tflops_per_client"] = row["client_flops"] / n / 1e12
     row["bytes_total"] = sum(e.nbytes for e in entries)
     # bytes sent plus bytes received, summed over clients (a client-to-client hand-off counts for both)
@@ -307,6 +310,7 @@ class _Run:
         self.done = 0                                   # rounds completed
         self.failures: Counter = Counter()
         self.driver_plugins = Plugins(plan.plugins)     # the driver's copies: for evaluate and attacks' views
+        self.driver_meter = FlopMeter()                 # attacks' FLOPs, metered to the party that would run them
 
     @staticmethod
     def no_results() -> dict:
@@ -333,10 +337,12 @@ class _Run:
             self.bar.set_description_str(f"{cfg.name} (round {r + 1}: evaluating)")
             self.model = algo.model()
             test = evaluate(self.model, plan.dataset.test_x, plan.dataset.test_y)
-            context = DriverContext(r + 1, self.tmp, self.driver_plugins)
+            context = DriverContext(r + 1, self.tmp, self.driver_plugins, self.driver_meter)
             for p in plan.plugins:
                 p.driver = context
                 extra.update(p.evaluate(self.model, plan.dataset))
+            for key, f in self.driver_meter.drain().items():
+                flops[key] = flops.get(key, 0) + f
             self.bar.set_description_str(cfg.name, refresh=False)
         row = round_row(r, cfg, train, test, entries, flops, wall, extra)
         self.results["rows"].append(row)

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import inspect
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from raysplit.accounting import Encoded, Parcel
+from raysplit.accounting import Encoded, FlopMeter, Parcel
 from raysplit.errors import ConfigError
 from raysplit.registry import Registry
 
@@ -143,6 +143,9 @@ class DriverContext:
     round: int                        # the round just evaluated, 1-based
     results_dir: Path | None          # where it may write files (None when the run writes none)
     plugins: Plugins                  # all the run's plug-ins (driver copies)
+    # FLOPs of work the simulator runs here on a party's behalf (an attack: phase "attack"), metered to that
+    # party: ``meter.add(party, "attack", flops)``; they join the round's flops.csv rows
+    meter: FlopMeter = field(default_factory=FlopMeter)
 
     def as_received(self, src: str, dst: str, kind: str, payload: Any) -> Any:
         """``payload`` as the receiving party would get it: through every plug-in's send and receive
@@ -172,7 +175,7 @@ def build_plugins(cfg, num_classes: int | None = None) -> list[Plugin]:
     from raysplit.compression import compression_plugin
     from raysplit.privacy import privacy_plugins
 
-    out = privacy_plugins(cfg.privacy, cfg.seed, num_classes) + attack_plugins(cfg.attacks, cfg.seed)
+    out = privacy_plugins(cfg.privacy, cfg.seed, num_classes) + attack_plugins(cfg.attacks, cfg.seed, cfg.training.batch_size)
     out += [p for p in [compression_plugin(cfg.compression)] if p is not None]
     for i, spec in enumerate(cfg.plugins):
         where = f"plugins[{i}]"

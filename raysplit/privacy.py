@@ -4,7 +4,8 @@
   1 for a linear map), vectorised in torch; pairwise distances through a matrix product so that the FLOP
   meter counts them when a defence trains on it.
 - ``Leakage`` (measure): every evaluated round, the distance correlation between raw inputs and each data
-  holder's cut activation on a fixed probe set of training samples (``dcor_<segment>`` in metrics.csv).
+  holder's cut activation on a fixed probe set of training samples (``dcor_<segment>`` in metrics.csv), as
+  the receiving party gets it (after noise and codecs: what leaks is what crosses).
   The simulator measures it on the driver: it sends nothing and adds no bytes to the ledger.
 - ``NoPeek`` (defence, Vepakomma et al.): the data holder adds alpha · DCOR(X, Z) to its loss.
 - ``GaussianNoise`` (defence): noise of std sigma on the cut activations and/or gradients as they are sent,
@@ -78,7 +79,9 @@ class Leakage(Plugin):
             for seg in topo.segments:
                 if INPUT in seg.inputs and not seg.task:      # a data holder's cut
                     view = topo.view(seg.owner, x)
-                    out[f"dcor_{seg.name}"] = float(distance_correlation(view, model.segs[seg.name](view)))
+                    z = self.driver.as_received(seg.owner, topo.consumers(seg.name)[0].owner, "activation",
+                                                model.segs[seg.name](view))
+                    out[f"dcor_{seg.name}"] = float(distance_correlation(view, z))
         return out
 
 

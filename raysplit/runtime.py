@@ -228,7 +228,8 @@ def dead_hosts(hosts: Hosts) -> list[str]:
 
 def start_hosts(cfg: ExperimentConfig, topology: Topology, modules: dict, train_x, train_y,
                 client_indices: list, capture_ledger: bool = False, holder_ids: dict[str, np.ndarray] | None = None,
-                role_options: dict | None = None, other_roles: list[str] | None = None, plugins: list = ()) -> Hosts:
+                role_options: dict | None = None, other_roles: list[str] | None = None, plugins: list = (),
+                extra_roles: dict[str, Resources] | None = None) -> Hosts:
     """One actor per worker (hosting clients k with k % workers == i) and one per other role (by default the
     topology's; the whole-model baselines ask for just the server).
 
@@ -237,6 +238,9 @@ def start_hosts(cfg: ExperimentConfig, topology: Topology, modules: dict, train_
     virtual clients (vertical), the first segment's owner drives the steps over ``client_indices``.
     ``role_options``: extra Ray actor options for the non-client hosts (e.g. max_concurrency). ``plugins``: each
     host gets its own copy. The hosts hold no model yet: algorithms install their programs with ``modules``.
+    ``extra_roles``: {role: resources} of hosts for parties that own no segment and hold no data (SplitFed's
+    fed server, which only averages): started after the others, outside the placement group (a tiny request
+    needs no bundle of its own, and a spread placement counts only the hosts that train).
     """
     rt, holder_ids = cfg.runtime, holder_ids or {}
     if other_roles is None:
@@ -260,11 +264,13 @@ def start_hosts(cfg: ExperimentConfig, topology: Topology, modules: dict, train_
             out["data_y"] = ray.put(train_y[rows])
         return out
 
-    def host(name, roles, res: Resources, options: dict | None = None, **kw):
+    def host(name, roles, res: Resources, options: dict | None = None, in_group: bool = True, **kw):
         opts: dict[str, Any] = dict(num_cpus=res.num_cpus, num_gpus=res.num_gpus, name=None, **(options or {}))
         if res.resources:
             opts["resources"] = dict(res.resources)
-        if pg is not None:   # bundles are in the order the hosts are created
+        if not in_group:     # in no placement group: neither ours nor one that captures child actors (a Tune trial's)
+            opts["scheduling_strategy"] = "DEFAULT"
+        elif pg is not None:   # bundles are in the order the hosts are created
             opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=len(hosts.all))
         return RemotePartyHost.options(**opts).remote(
             name, topology, roles, threads=threads_for(res), use_gpu=res.num_gpus > 0, **common, **kw)
@@ -282,6 +288,8 @@ def start_hosts(cfg: ExperimentConfig, topology: Topology, modules: dict, train_
             hosts.roles[role] = host(role, [role], rt.server, role_options, **data_of(role), **steps)
             if steps:
                 hosts.client_host.update({k: hosts.roles[role] for k in range(len(client_indices))})
+        for role, res in (extra_roles or {}).items():
+            hosts.roles[role] = host(role, [role], res, role_options, in_group=False)
         peers = dict(hosts.roles)
         pings = {name: h.ping.remote() for name, h in hosts.named.items()}
         ready, _ = ray.wait(list(pings.values()), num_returns=len(pings), timeout=HOST_START_TIMEOUT_S)

@@ -1,14 +1,21 @@
 """Parameter sweeps on Ray Tune: every point of a grid is one Tune trial running ``experiment.run``.
 
     raysplit sweep CONFIG --grid model.cut_layers=[[pool1],[pool2]] --grid data.num_clients=10,100 [--set ...]
+    raysplit sweep experiments/privacy_nopeek_fmnist.yaml      (settings from the config's ``sweep:`` section)
 
-writes one directory:
+The settings: every combination of the grid (``--grid``, and the config's ``sweep.grid``), then each of the
+config's ``sweep.points`` (settings one by one, e.g. a defence's strengths beside another's). Writes one
+directory:
   config.yaml              the base config (before the grid)
-  trials/<trial>/          one results directory per grid point (as ``raysplit run`` writes)
-  trials.csv               one row per trial: the grid values, final accuracy, client TFLOPs and GB per
-                           client, wall time, its results directory, and its error line if it failed
+  trials/<trial>/          one results directory per setting (as ``raysplit run`` writes)
+  trials.csv               one row per trial: the swept values, final accuracy, client TFLOPs and GB per
+                           client, wall time, the final privacy measures the run reports (leakage ``dcor_*``,
+                           ``inversion_*``, ``label_auc_*``), its results directory, and its error line if it failed
   sweep_<field>.png        final accuracy and client GB per client against each swept field
-A failed trial is reported (its ``error``) and the others go on. Every grid point is checked (config,
+  privacy_utility.png, privacy_report.md / .csv   where the trials report privacy measures: accuracy against
+                           leakage and reconstruction quality, one point per setting, and the table
+                           (``analysis/privacy_utility.py``)
+A failed trial is reported (its ``error``) and the others go on. Every setting is checked (config,
 data, model, cuts) before anything is written or any trial starts.
 """
 from __future__ import annotations
@@ -34,6 +41,8 @@ log = logging.getLogger("raysplit")
 
 FIGURES = ("final_test_acc", "best_test_acc", "client_tflops_per_client", "client_gb_per_client", "bytes_total",
            "wall_s")
+# the plug-ins' privacy measures a trial reports too (their last evaluated value): leakage, attacks
+MEASURES = ("dcor_", "inversion_", "label_auc_")
 
 
 def _split_top(text: str) -> list[str]:
@@ -79,6 +88,38 @@ def parse_grid(specs: list[str]) -> dict[str, list]:
     return grid
 
 
+def settings(grid: dict[str, list], points: list[dict], base) -> list[dict]:
+    """The sweep's settings, in order: every combination of ``grid``, then each of ``points``; each setting
+    names every swept field (a field a setting leaves out: the base config's value)."""
+    points = [config_mod._flatten(p) if isinstance(p, dict) else p for p in points]
+    for i, p in enumerate(points):
+        if not isinstance(p, dict) or not p:
+            raise ConfigError(f"sweep.points[{i}]", p, "a mapping of fields to values, e.g. {privacy.nopeek: 1}")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"sweep.grid.{key}", values, "a non-empty list of values")
+    keys = list(dict.fromkeys([*grid, *(k for p in points for k in p)]))
+    raw = config_mod.to_dict(base)
+    fallback = {k: _get(raw, k) for k in keys}
+    combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else []
+    return [{k: s.get(k, fallback[k]) for k in keys} for s in [*combos, *points]]
+
+
+def _get(raw: dict, dotted: str):
+    node = raw
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None          # not a field: the setting's check names it
+        node = node[part]
+    return node
+
+
+def _yaml(value) -> str:
+    """A value as an override's YAML text that reads back as the same value (JSON would write 1e-06, which
+    YAML reads as a string)."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10**9).removesuffix("\n...\n").strip()
+
+
 def _slug(point: dict) -> str:
     def short(v):
         return re.sub(r"[^A-Za-z0-9_.+-]+", "_", json.dumps(v).replace('"', "")).strip("_") or "none"
@@ -118,16 +159,16 @@ def host_requests(cfg, plan) -> list:
     return [("runtime.worker", cfg.runtime.worker)] * n_workers + [("runtime.server", cfg.runtime.server)] * others
 
 
-def plan_trials(config_path, overrides: list[str], grid: dict[str, list], out: Path) -> list[Trial]:
-    """Every grid point as a trial, each checked as ``raysplit validate`` checks a config."""
+def plan_trials(config_path, overrides: list[str], grid: dict[str, list], out: Path,
+                points: list[dict] = ()) -> list[Trial]:
+    """Every setting (``settings``) as a trial, each checked as ``raysplit validate`` checks a config."""
     from raysplit.data import load_dataset
     from raysplit.experiment import prepare
 
     trials, datasets = [], {}
-    keys = list(grid)
-    for i, values in enumerate(itertools.product(*grid.values())):
-        point = dict(zip(keys, values))
-        extra = [f"{k}={json.dumps(v)}" for k, v in point.items()]
+    base = config_mod.load(config_path, overrides)
+    for i, point in enumerate(settings(grid, list(points), base)):
+        extra = [f"{k}={_yaml(v)}" for k, v in point.items() if v is not None]
         try:
             cfg = config_mod.load(config_path, [*overrides, *extra])
             key = json.dumps([config_mod.to_dict(cfg)["data"], cfg.seed], sort_keys=True, default=str)
@@ -158,6 +199,8 @@ def _trainable(trials: list[Trial], config_path: str, cwd: str):
             result = experiment.run(cfg, out_dir=t.out, progress=False)
             summary = json.loads((result.out_dir / "summary.json").read_text())
             metrics = {k: summary[k] for k in FIGURES} | {"error": ""}
+            last = result.metrics.iloc[-1]         # the last round is always evaluated
+            metrics |= {k: float(last[k]) for k in result.metrics.columns if k.startswith(MEASURES)}
         except Exception as e:                                        # noqa: BLE001 - reported, others go on
             metrics = {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
         tune.report(metrics)
@@ -181,8 +224,9 @@ def _resources(trials: list[Trial], driver_node: str):
 
 
 def sweep(config_path, overrides: list[str], grid: dict[str, list], out_dir=None, progress: bool = True,
-          base=None) -> SweepResult:
-    """Run every grid point as a Ray Tune trial; write the trials, ``trials.csv`` and plots into one directory."""
+          base=None, points: list[dict] = ()) -> SweepResult:
+    """Run every setting (the grid's combinations, then ``points``) as a Ray Tune trial; write the trials,
+    ``trials.csv`` and plots into one directory."""
     import ray
     from ray import tune
     from tqdm import tqdm
@@ -194,7 +238,8 @@ def sweep(config_path, overrides: list[str], grid: dict[str, list], out_dir=None
     base = base or config_mod.load(config_path, overrides)
     out = Path(out_dir or Path("results") / f"{base.name}-sweep-{datetime.now():%Y%m%d-%H%M%S}").resolve()
     _check_free(out)
-    trials = plan_trials(config_path, overrides, grid, out)
+    trials = plan_trials(config_path, overrides, grid, out, points)
+    keys = list(trials[0].point)
     connect(base.runtime.address)
     for t in trials:          # a trial the cluster can never place would wait forever: refuse it now
         try:
@@ -203,8 +248,9 @@ def sweep(config_path, overrides: list[str], grid: dict[str, list], out_dir=None
             raise ConfigError(e.field, e.value, f"{e.allowed} (in the sweep's grid point {t.point})") from None
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(config_mod.to_dict(base), sort_keys=False))
-    (out / "grid.yaml").write_text(yaml.safe_dump(grid, sort_keys=False, default_flow_style=None))
-    log.info("sweep %s: %d trials over %s", base.name, len(trials), ", ".join(grid))
+    (out / "grid.yaml").write_text(yaml.safe_dump({"grid": grid, "points": list(points)}, sort_keys=False,
+                                                  default_flow_style=None))
+    log.info("sweep %s: %d trials over %s", base.name, len(trials), ", ".join(keys))
 
     bar = tqdm(total=len(trials), desc=f"{base.name} sweep", unit="trial", disable=not progress)
 
@@ -245,7 +291,11 @@ def sweep(config_path, overrides: list[str], grid: dict[str, list], out_dir=None
         by_trial[r.config["trial"]] = metrics
     table = trials_table(trials, by_trial)
     table.to_csv(out / "trials.csv", index=False)
-    plot_sweep(table, list(grid), out, title=base.name)
+    plot_sweep(table, keys, out, title=base.name)
+    if any(c.startswith(MEASURES) for c in table.columns):
+        from analysis.privacy_utility import privacy_report
+
+        privacy_report(table, keys, out, title=base.name)
     return SweepResult(out, table)
 
 
@@ -256,6 +306,7 @@ def trials_table(trials: list[Trial], by_trial: dict[int, dict]) -> pd.DataFrame
         m = by_trial.get(i, {"error": "the trial did not run"})
         row = {"trial": t.name, **{k: _cell(v) for k, v in t.point.items()}}
         row |= {k: m.get(k, float("nan")) for k in FIGURES}
+        row |= {k: v for k, v in m.items() if k.startswith(MEASURES)}
         row["results"] = str(t.out) if (t.out / "summary.json").is_file() else ""
         row["error"] = m.get("error") or None
         rows.append(row)

@@ -61,3 +61,20 @@ def test_batches_are_a_seeded_permutation():
 def test_breast_cancer_is_tabular():
     ds = data.load_dataset(cfg(dataset="breast_cancer"), seed=0)
     assert ds.train_x.shape[1:] == (30,) and ds.num_classes == 2 and len(ds.train_y) + len(ds.test_y) == 569
+
+
+def test_a_subset_of_classes_relabelled_in_order():
+    from raysplit.config import from_dict
+    from raysplit.data import load_dataset
+    from raysplit.errors import ConfigError
+
+    cfg = from_dict({"data": {"dataset": "synthetic", "synthetic_samples": 200, "synthetic_classes": 4}})
+    full = load_dataset(cfg.data, 0)
+    cfg.data.classes = [2, 0]
+    two = load_dataset(cfg.data, 0)
+    assert two.num_classes == 2 and len(two.train_y) == int(np.isin(full.train_y, [2, 0]).sum())
+    np.testing.assert_array_equal(two.train_x, full.train_x[np.isin(full.train_y, [2, 0])])
+    np.testing.assert_array_equal(two.train_y, np.where(full.train_y[np.isin(full.train_y, [2, 0])] == 2, 0, 1))
+    cfg.data.classes = [0, 4]
+    with pytest.raises(ConfigError, match=r"^data.classes: \[0, 4\] .*in 0..3"):
+        load_dataset(cfg.data, 0)

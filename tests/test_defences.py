@@ -61,12 +61,15 @@ def test_nopeek_lowers_the_measured_leakage_and_sends_nothing_more(ray_session):
 
 def test_gaussian_noise_is_seeded_by_the_message_not_the_hosting(ray_session):
     noisy = "privacy.activation_noise=0.5"
-    a = run(small_config(noisy, "privacy.gradient_noise=0.01", "privacy.clip=20"), progress=False, write=False)
+    probe = "privacy.leakage_probe=32"
+    a = run(small_config(noisy, "privacy.gradient_noise=0.01", "privacy.clip=20", probe), progress=False, write=False)
     b = run(small_config(noisy, "privacy.gradient_noise=0.01", "privacy.clip=20", "runtime.workers=2"),
             progress=False, write=False)
-    plain = run(small_config(), progress=False, write=False)
+    plain = run(small_config(probe), progress=False, write=False)
     cols = ["test_acc", "test_loss", "train_loss"]
     assert a.metrics[cols].equals(b.metrics[cols])
+    # the leakage is measured on what the server receives: the noise lowers it
+    assert a.metrics["dcor_s0"].iloc[-1] < plain.metrics["dcor_s0"].iloc[-1]
     assert not a.metrics[cols].equals(plain.metrics[cols])
     assert a.ledger["bytes"].sum() == plain.ledger["bytes"].sum()
 
@@ -117,8 +120,22 @@ def test_ssim_and_model_inversion(ray_session, tmp_path):
     assert ssim(x, x) == pytest.approx(1.0, abs=1e-6) and ssim(x, torch.rand(4, 1, 8, 8, generator=g)) < 0.3
     cfg = small_config("attacks.model_inversion=true", "attacks.aux_samples=64", "attacks.decoder_epochs=30",
                        "attacks.targets=4", "data.synthetic_samples=192")
-    m = run(cfg, out_dir=tmp_path / "inv", progress=False).metrics
+    result = run(cfg, out_dir=tmp_path / "inv", progress=False)
+    m = result.metrics
     assert (m["inversion_mse"] > 0).all() and m["inversion_ssim"].between(-1, 1).all()
+    # the attack's compute is the server's, phase "attack": a decoder z -> 256 -> input, by hand (a multiply-add
+    # is 2 FLOPs; backward: both weight gradients and the hidden layer's input gradient), 30 epochs of the
+    # 64 auxiliary samples in one batch, then 4 reconstructions
+    plan = prepare(cfg)
+    z = plan.modules["s0"](torch.zeros(1, 1, 8, 8)).numel()
+    fwd = 2 * (z * 256 + 256 * 64)
+    bwd = 2 * z * 256 + 2 * 2 * 256 * 64
+    attack = result.flops[result.flops["phase"] == "attack"]
+    assert set(attack["party"]) == {"server"} and list(attack["round"]) == [1, 2]
+    assert (attack["flops"] == 30 * 64 * (fwd + bwd) + 4 * fwd).all()
+    assert (m["server_flops_attack"] == attack["flops"].values).all()
+    training = result.flops[result.flops["phase"] != "attack"].groupby(["round", "role"])["flops"].sum()
+    assert (m["server_flops"].values == training[:, "server"].values).all()   # not mixed with training FLOPs
     assert (tmp_path / "inv" / "attacks" / "model_inversion_round-2.png").stat().st_size > 5_000
     noisy = run(small_config(*[s for s in ["attacks.model_inversion=true", "attacks.aux_samples=64",
                                            "attacks.decoder_epochs=30", "attacks.targets=4", "data.synthetic_samples=192",
@@ -128,16 +145,31 @@ def test_ssim_and_model_inversion(ray_session, tmp_path):
         prepare(small_config("attacks.model_inversion=true", "algorithm=fedavg"))
 
 
+def plan_cut_numel(sets) -> int:
+    """Values per sample of the gradient the U-shaped server receives (its segment's output)."""
+    plan = prepare(small_config(*sets))
+    x = torch.zeros(1, 1, 8, 8)
+    return plan.modules["s1"](plan.modules["s0"](x)).numel()
+
+
 def test_label_inference_from_gradients_and_noise_against_it(ray_session):
     from raysplit.attacks import auc
 
     assert auc(torch.tensor([0.9, 0.8, 0.1, 0.2]), torch.tensor([True, True, False, False])) == 1.0
     assert auc(torch.tensor([1.0, 1.0]), torch.tensor([True, False])) == 0.5
+    assert math.isnan(auc(torch.tensor([float("nan"), 1.0]), torch.tensor([True, False])))
     u = ["topology=u_shaped", "model.cut_layers=[pool1,relu3]", "data.synthetic_classes=2", "attacks.label_inference=true",
          "attacks.probe=64"]
-    plain = run(small_config(*u), progress=False, write=False).metrics
-    noisy = run(small_config(*u, "privacy.gradient_noise=1.0"), progress=False, write=False).metrics
+    result = run(small_config(*u), progress=False, write=False)
+    plain = result.metrics
+    noisy = run(small_config(*u, "privacy.gradient_noise=0.01"), progress=False, write=False).metrics
+    # the scores are the server's compute (phase "attack"): 64 norms and 64 dot products of D-vectors, the known
+    # sample's norm (2 FLOPs a multiply-add), and no client FLOPs
+    attack = result.flops[result.flops["phase"] == "attack"]
+    d = int(plan_cut_numel(u))
+    assert set(attack["party"]) == {"server"} and (attack["flops"] == 2 * d * (64 + 64 + 1)).all()
+    assert "client_flops_attack" not in plain
     assert plain["label_auc_direction"].iloc[-1] > 0.9          # the labels can be read off the gradients
-    assert noisy["label_auc_direction"].iloc[-1] < plain["label_auc_direction"].iloc[-1]
+    assert 0 < noisy["label_auc_direction"].iloc[-1] < plain["label_auc_direction"].iloc[-1]   # finite: trained on
     with pytest.raises(ConfigError, match=r"^attacks.label_inference: True .*topology vanilla"):
         prepare(small_config("attacks.label_inference=true"))

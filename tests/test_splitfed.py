@@ -97,6 +97,29 @@ def train(plan) -> ComposedNet:
     return train_with(SplitFed, plan)
 
 
+def train_logged(plan) -> tuple[ComposedNet, list]:
+    """``train``, with the run's ledger entries."""
+    algo, entries = SplitFed(plan, capture_ledger=True, progress=False), []
+    algo.start()
+    try:
+        for r in range(plan.cfg.training.rounds):
+            algo.run_round(r)
+            entries += algo.drain()[0]
+        return algo.model(), entries
+    finally:
+        algo.stop()
+
+
+def assert_weights_only_via(entries, point: str) -> None:
+    """Client-side weights go between the clients and the averaging point only: with the fed server (the
+    default), the main server never receives them (in u_shaped they hold the client's label-side head)."""
+    weights = [e for e in entries if e.kind == "weights"]
+    assert weights and all({e.src, e.dst} - {point} and point in (e.src, e.dst) for e in weights)
+    assert all(e.dst.startswith("client/") or e.src.startswith("client/") for e in weights)
+    if point != "server":
+        assert not [e for e in entries if e.dst == "server" and e.kind in ("weights", "optimizer_state")]
+
+
 BY_HAND = {"v1": sflv1_by_hand, "v2": sflv2_by_hand}
 
 
@@ -131,15 +154,20 @@ def test_sampled_participants_over_rounds_and_local_epochs(ray_session, version)
     assert max_param_diff(train(plan), BY_HAND[version](plan)) <= TOL
 
 
-@pytest.mark.parametrize("version,cuts", [("v1", "[pool1,relu3]"), ("v2", "[pool1,relu3]"), ("v1", "[pool1,pool2]")])
-def test_other_topologies(ray_session, version, cuts):
+@pytest.mark.parametrize("version,cuts,point", [("v1", "[pool1,relu3]", "fed_server"), ("v2", "[pool1,relu3]", "fed_server"),
+                                               ("v1", "[pool1,pool2]", "fed_server"), ("v2", "[pool1,relu3]", "server")])
+def test_other_topologies(ray_session, version, cuts, point):
     """u_shaped (the server's segment gets a forward and a backward call per step) and extended (a relay
-    with its own per-client copies in v1)."""
+    with its own per-client copies in v1); the averaging point a party of its own (the fed server, by
+    default) or the main server: the same arithmetic, only who receives the weights differs."""
     topology = "u_shaped" if cuts == "[pool1,relu3]" else "extended"
     plan = prepare(small_config("schedule=parallel", f"splitfed={version}", f"topology={topology}",
                                 f"model.cut_layers={cuts}", "training.rounds=1", "runtime.workers=2",
-                                "runtime.worker.num_cpus=0.25", "runtime.server.num_cpus=0.25"))
-    assert max_param_diff(train(plan), BY_HAND[version](plan)) <= TOL
+                                "runtime.worker.num_cpus=0.25", "runtime.server.num_cpus=0.25",
+                                f"training.averaging_point={point}"))
+    model, entries = train_logged(plan)
+    assert max_param_diff(model, BY_HAND[version](plan)) <= TOL
+    assert_weights_only_via(entries, point)
 
 
 def metrics(version: str, workers: int):
@@ -161,12 +189,13 @@ def test_same_metrics_with_one_and_two_workers_and_weights_in_the_ledger(ray_ses
     for r in range(2):
         k_r = participants(from_dict({"data": {"num_clients": 5}, "seed": 7, "training": {"participation": 0.8}}), r)
         assert len(k_r) == 4
-        down = sorted(e.dst for e in entries if e.round == r and e.kind == "weights" and e.src == "server")
-        up = sorted(e.src for e in entries if e.round == r and e.kind == "weights" and e.dst == "server")
+        down = sorted(e.dst for e in entries if e.round == r and e.kind == "weights" and e.src == "fed_server")
+        up = sorted(e.src for e in entries if e.round == r and e.kind == "weights" and e.dst == "fed_server")
         assert down == up == sorted(f"client/{k}" for k in k_r)
         assert {e.nbytes for e in entries if e.round == r and e.kind == "weights"} == {client_bytes}
         assert {e.src for e in entries if e.round == r and e.kind == "activation"} == {f"client/{k}" for k in k_r}
     assert not [e for e in entries if e.kind == "optimizer_state"]
+    assert_weights_only_via(entries, "fed_server")
     raw = raw_fingerprints(plan.dataset)        # invariant 1, docs/architecture.md holds for SplitFed too
     assert not any(e.fingerprints & raw for e in entries)
     assert {e.dst for e in entries if e.kind == "labels"} == {"server"}
@@ -187,11 +216,13 @@ def test_participation_sampling_is_seeded():
     (["training.participation=0"], r"training.participation: 0.0 .*\(0, 1\]"),
     (["training.participation=0.5", "training.clients_per_round=3"], r"training.participation: 0.5 .*not both"),
     (["splitfed=v3"], r"splitfed: 'v3' .*one of v1, v2"),
+    (["training.averaging_point=client"], r"training.averaging_point: 'client' .*one of fed_server, server"),
+    (["topology=extended", "parties=[client,fed_server,server]"], r"training.averaging_point: 'fed_server' .*named fed_server"),
     (["schedule=async"], r"schedule: 'async' .*one of sequential, parallel"),
 ])
 def test_bad_parallel_config(sets, pattern):
     with pytest.raises(ConfigError, match=pattern):
-        from_dict({}, sets)
+        from_dict({}, ["schedule=parallel", *sets])
 
 
 def test_splitnn_with_parallel_schedule_is_splitfed_and_vice_versa():

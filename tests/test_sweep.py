@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from raysplit import cli, config
 from raysplit.errors import ConfigError
@@ -80,3 +81,56 @@ def test_a_failing_trial_reports_its_error_line_and_the_table_keeps_the_others(t
     assert table["error"].isna().tolist() == [True, False] and table["error"][1].startswith("ConfigError: output_dir")
     assert table.loc[0, "final_test_acc"] == 0.5 and pd.isna(table.loc[1, "final_test_acc"])
     assert table.loc[1, "results"] == ""           # no results directory for the failed trial
+
+
+def test_settings_grid_then_points_with_the_config_values_filled_in():
+    from raysplit.sweep import settings
+
+    base = config.load(QUICK, ["privacy.nopeek=0.1"])
+    got = settings({"privacy.nopeek": [0, 1]}, [{"privacy": {"activation_noise": 0.5}}], base)
+    assert got == [{"privacy.nopeek": 0, "privacy.activation_noise": 0.0},
+                   {"privacy.nopeek": 1, "privacy.activation_noise": 0.0},
+                   {"privacy.nopeek": 0.1, "privacy.activation_noise": 0.5}]
+    with pytest.raises(ConfigError, match=r"^sweep.points\[0\]"):
+        settings({}, [[1]], base)
+
+
+def test_privacy_study_from_the_configs_sweep_section(ray_session, tmp_path, monkeypatch, capsys):
+    """The settings come from the config's sweep: section; the trials' privacy measures become columns, a plot
+    and a report table (accuracy, dcor, SSIM, client TFLOPs and GB per client per setting). One setting beside
+    the config's own (several: test_settings_...), run as Tune runs a trial (its trainable, in this process:
+    Tune's start-up is tested above)."""
+    from ray import tune
+
+    from analysis.privacy_utility import privacy_report
+    from raysplit import sweep as sweep_mod
+
+    raw = yaml.safe_load(Path(QUICK).read_text())
+    raw.update(privacy={"leakage_probe": 32}, attacks={"model_inversion": True, "aux_samples": 32, "targets": 4,
+                                                        "decoder_epochs": 2},
+               sweep={"grid": {"privacy.nopeek": [1]}})
+    raw["training"]["rounds"] = 1
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "study"
+    trials = sweep_mod.plan_trials(path, TINY, config.load(path).sweep.grid, out)
+    reported = []
+    monkeypatch.setattr(tune, "report", reported.append)
+    for i in range(len(trials)):
+        sweep_mod._trainable(trials, str(path), str(tmp_path))({"trial": i})
+    table = sweep_mod.trials_table(trials, dict(enumerate(reported)))
+    assert list(table["privacy.nopeek"]) == [1]
+    privacy_report(table, list(trials[0].point), out, "study")
+    report = pd.read_csv(out / "privacy_report.csv")
+    assert list(report["setting"]) == ["nopeek=1"]
+    for col in ("final_test_acc", "dcor", "inversion_ssim", "client_tflops_per_client", "client_gb_per_client"):
+        assert report[col].notna().all(), col
+    trial = pd.read_csv(Path(table["results"][0]) / "metrics.csv")          # the trial's own tables, as run writes
+    assert report["dcor"][0] == trial["dcor_s0"].iloc[-1] and report["final_test_acc"][0] == trial["test_acc"].iloc[-1]
+    assert "| nopeek=1 |" in (out / "privacy_report.md").read_text()
+    assert (out / "privacy_utility.png").stat().st_size > 10_000
+    # without --grid and without a sweep: section there is nothing to run: one line, exit 2
+    capsys.readouterr()
+    assert cli.main(["sweep", QUICK, "--out", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sweep: section" in err[0] and not (tmp_path / "none").exists()

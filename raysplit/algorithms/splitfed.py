@@ -1,10 +1,14 @@
 """SplitFed (Thapa et al., arXiv 2004.12088): split learning with the parallel schedule.
 
 Each round, the participating clients (``schedule.participants``: a fraction or a count, sampled from the
-seed) all start from the global client-side weights, which the averaging point (the server, acting as the
-"fed server") sends them, and train with a fresh optimizer on their local batches, in parallel on the
-worker actors. At the end of the round they send their client-side weights back, and the averaging point
-takes their average weighted by sample count (FedAvg).
+seed) all start from the global client-side weights, which the averaging point sends them, and train with a
+fresh optimizer on their local batches, in parallel on the worker actors. At the end of the round they send
+their client-side weights back, and the averaging point takes their average weighted by sample count (FedAvg).
+
+The averaging point (``training.averaging_point``) is, as in the SplitFed paper, a party of its own by
+default: the **fed server** (``fed_server``, its own actor and ledger name), so that the main server never
+receives client-side weights (in ``u_shaped`` they include the client's label-side head, which U-shaped
+exists to keep from the server). ``server`` makes the main server average, for users who accept that.
 
 - **v1**: each client trains against its own copy of the server-side segments (a fresh optimizer each
   round); at the end of the round the copies are averaged the same way. Clients are independent, so a
@@ -20,8 +24,10 @@ worker actors (invariant 4, docs/architecture.md). Every step is the engine's ``
 from the averaging point is a ``weights`` entry in the ledger.
 
 Programs: ``SplitFedWorker`` on the worker hosts (each training client gets its own store: a copy of the
-client-side segments), ``SplitFedServer`` on every other host (v1: a store per training client; v2: one
-store and a turnstile). The driver, ``SplitFed``, only submits calls and passes ObjectRefs.
+client-side segments), ``SplitFedServer`` on every other host with segments (v1: a store per training
+client; v2: one store and a turnstile), ``FedServer`` (the averaging of the client-side weights) on the fed
+server's host, or inside the main server's program when it is the averaging point. The driver, ``SplitFed``,
+only submits calls and passes ObjectRefs.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ import torch
 from raysplit.algorithms.base import Plan, TrainStats, compose, gather_stats, install
 from raysplit.algorithms.splitnn import SplitNN
 from raysplit.averaging import WeightedSums
+from raysplit.config import Resources
 from raysplit.data import batches
 from raysplit.engine import SEGMENTS, SegmentServer, SegmentStore, party_id
 from raysplit.errors import ConfigError
@@ -42,12 +49,19 @@ from raysplit.runtime import connect, start_hosts
 from raysplit.schedule import interleave, participants
 from raysplit.topology import CLIENT, ComposedNet, Topology
 
-AVERAGING_POINT = "server"   # the party that averages the client-side weights (the "fed server")
+FED_SERVER = "fed_server"
+# the fed server only averages state dicts: no CPU reserved (so every config that fits without it still fits),
+# one torch thread
+FED_SERVER_RESOURCES = Resources(num_cpus=0.0, torch_threads=1)
 
 
 class SplitFedWorker(SegmentServer):
     """Worker side: trains participating clients, each on its own copy of the client-side segments (only
     while it trains), and sends their weights to the averaging point."""
+
+    def __init__(self, host, modules, averaging_point: str):
+        super().__init__(host, modules)
+        self.averaging_point = averaging_point
 
     def train(self, round_: int, plan: list[tuple[int, int, int]], client_global: dict) -> tuple[dict, dict]:
         """Run ``plan`` = [(clock step, client, local step)] in order. Each client trains a copy of the
@@ -70,40 +84,89 @@ class SplitFedWorker(SegmentServer):
             stats.add(self.engine.step(store, k, (round_, step), steps[j]))
             if j == last[k]:
                 h.ledger.round, h.ledger.step = round_, step
-                sent[k] = h.ledger.send(party_id(CLIENT, k), AVERAGING_POINT, "weights", store.weights())
+                sent[k] = h.ledger.send(party_id(CLIENT, k), self.averaging_point, "weights", store.weights())
                 del live[k]
         return sent, stats.as_lists()
 
 
+class FedServer:
+    """The averaging point of the client-side weights (SplitFed's "fed server"): holds the global client-side
+    weights, sends them to each round's participants, folds the weights they send back into sample-weighted
+    sums in the round's canonical order (early ones wait in a buffer, so results do not depend on the number
+    of workers), and averages. A program of its own on the fed server's host, or a part of the main server's
+    program when the server is the averaging point."""
+
+    def __init__(self, host, party: str, client_init: dict):
+        self.host, self.party, self.client_global = host, party, client_init
+        self.open_round(-1, [])
+
+    def open_round(self, round_: int, order: list[int]):
+        """Start a round; send the global client-side weights to every participant and return them."""
+        self.order, self.position = list(order), {k: i for i, k in enumerate(order)}
+        self.buffer: dict[int, tuple] = {}
+        self.folded, self.total, self.sums = 0, 0.0, WeightedSums()
+        if not order:
+            return None
+        self.host.ledger.round, self.host.ledger.step = round_, 0
+        return self.host.ledger.send(self.party, [party_id(CLIENT, k) for k in order], "weights", self.client_global)
+
+    def fold(self, entries: list[tuple[int, float]], *client_weights) -> None:
+        """Add finished clients, [(client, weight)], with the workers' {client: weights} they sent here."""
+        weights = {k: self.host.receive(w) for d in client_weights for k, w in d.items()}
+        for k, n in entries:
+            self.buffer[self.position[k]] = (n, weights[k])
+        while self.folded in self.buffer:
+            n, client_state = self.buffer.pop(self.folded)
+            self.folded += 1
+            self.total += n
+            self.sums.add("client", client_state, n)
+
+    def finish_round(self) -> None:
+        if self.folded != len(self.order):
+            raise RuntimeError(f"SplitFed: {self.folded} of {len(self.order)} clients' weights averaged")
+        self.client_global = self.sums.mean("client", self.total)
+        self.sums = WeightedSums()
+
+    def global_client_weights(self) -> dict:
+        return self.client_global
+
+    def segment_states(self) -> dict:
+        return {}                  # the fed server holds no segment
+
+    def state(self) -> dict:
+        return {"client_global": self.client_global}
+
+    def load_state(self, state: dict) -> None:
+        self.client_global = self.host.receive(state)["client_global"]
+
+
 class SplitFedServer(SegmentServer):
     """A server-side host in SplitFed: v1 runs each client's segment calls on that client's own copy of
-    this host's segments, v2 runs them on the one model in the round's ticket order. Folds finished clients
-    into the round's sample-weighted sums in canonical order and averages at the end of the round. The
-    averaging point also holds the global client-side weights and sends them to each round's participants."""
+    this host's segments, v2 runs them on the one model in the round's ticket order. v1 folds finished
+    clients' copies into the round's sample-weighted sums in canonical order and averages them at the end of
+    the round. ``averager``: the main server's ``FedServer`` when it is the averaging point."""
 
     TURN_TIMEOUT_S = 600.0
 
-    def __init__(self, host, modules, version: str, client_init: dict | None):
+    def __init__(self, host, modules, version: str, averager: tuple[str, dict] | None = None):
         super().__init__(host, modules)
-        self.version, self.client_global = version, client_init
+        self.version = version
+        self.averager = FedServer(host, *averager) if averager else None
         # v2: segment calls this host gets per step (one per segment here, two for a non-head)
         self.calls_per_ticket = sum(1 + (not s.task) for s in host.topo.segments if s.owner in host.roles)
         self.cond = threading.Condition()
         self.open_round(-1, [])
 
     def open_round(self, round_: int, order: list[int]):
-        """Start a round with its participants in canonical order. The averaging point sends the global
-        client-side weights to every participant and returns them (what every participant starts from)."""
+        """Start a round with its participants in canonical order (at the averaging point: the global
+        client-side weights sent to them)."""
         self.round, self.order = round_, list(order)
         self.position = {k: i for i, k in enumerate(order)}
         self.copies: dict[int, SegmentStore] = {}         # v1: client -> its copy of this host's segments
         self.buffer: dict[int, tuple] = {}
         self.folded, self.total, self.sums = 0, 0.0, WeightedSums()
         self.ticket, self.calls = 0, 0
-        if self.client_global is None or not order:
-            return None
-        self.host.ledger.round, self.host.ledger.step = round_, 0
-        return self.host.ledger.send(AVERAGING_POINT, [party_id(CLIENT, k) for k in order], "weights", self.client_global)
+        return self.averager.open_round(round_, order) if self.averager else None
 
     def store_for(self, client) -> SegmentStore:
         if self.version == "v2":
@@ -143,45 +206,44 @@ class SplitFedServer(SegmentServer):
                     self.cond.notify_all()
 
     def fold(self, entries: list[tuple[int, float]], *client_weights) -> None:
-        """Add finished clients, [(client, weight)], to the round's weighted sums. The sums are taken in the
-        round's canonical order whatever order clients finish in (early ones wait in a buffer), so results do
-        not depend on the number of workers. ``client_weights``: at the averaging point, the workers'
-        {client: weights}; elsewhere results this call must wait for (Ray resolves them first), ignored."""
-        weights = {k: self.host.receive(w) for d in client_weights if self.client_global is not None
-                   for k, w in d.items()}
+        """Add finished clients, [(client, weight)]: v1's server-side copies to the round's weighted sums, in the
+        round's canonical order whatever order clients finish in. ``client_weights``: at the averaging point,
+        the workers' {client: weights}; elsewhere results this call must wait for (Ray resolves them first),
+        ignored."""
+        if self.averager:
+            self.averager.fold(entries, *client_weights)
         for k, n in entries:
-            self.buffer[self.position[k]] = (n, weights.get(k), self.copies.pop(k, None))
+            self.buffer[self.position[k]] = (n, self.copies.pop(k, None))
         while self.folded in self.buffer:
-            n, client_state, own = self.buffer.pop(self.folded)
+            n, own = self.buffer.pop(self.folded)
             self.folded += 1
             self.total += n
-            if client_state is not None:
-                self.sums.add("client", client_state, n)
             if self.version == "v1":     # a client that never called this host leaves its segments unchanged
                 self.sums.add("server", {name: m.state_dict() for name, m in (own or self.store).modules.items()}, n)
 
     def finish_round(self) -> None:
-        """Averages (FedAvg): the client-side weights at the averaging point, v1's server-side copies here."""
+        """Averages (FedAvg): v1's server-side copies here (and the client-side weights at the averaging point)."""
         if self.folded != len(self.order):
             raise RuntimeError(f"SplitFed round {self.round}: {self.folded} of {len(self.order)} clients averaged")
-        if self.client_global is not None:
-            self.client_global = self.sums.mean("client", self.total)
+        if self.averager:
+            self.averager.finish_round()
         if self.version == "v1":
             for n, sd in self.sums.mean("server", self.total).items():
                 self.store.modules[n].load_state_dict(sd)
         self.sums = WeightedSums()
 
     def global_client_weights(self) -> dict | None:
-        return self.client_global
+        return self.averager.global_client_weights() if self.averager else None
 
     def state(self) -> dict:
         """At a round boundary (copies and sums are empty then)."""
-        return {"store": self.store.state(), "client_global": self.client_global}
+        return {"store": self.store.state(), "averager": self.averager.state() if self.averager else None}
 
     def load_state(self, state: dict) -> None:
         state = self.host.receive(state)
         self.store.load(state["store"])
-        self.client_global = state["client_global"]
+        if self.averager:
+            self.averager.load_state(state["averager"])
 
 
 class SplitFed(SplitNN):
@@ -193,7 +255,8 @@ class SplitFed(SplitNN):
         super().__init__(plan, capture_ledger, progress)
         topo, cfg = plan.topology, plan.cfg
         if self.supports_topology(topo):
-            raise ConfigError("topology", cfg.topology, f"a topology with clients and a {AVERAGING_POINT} for splitfed")
+            raise ConfigError("topology", cfg.topology, "a topology with clients and a server for splitfed")
+        self.averaging_point = cfg.training.averaging_point     # (config.py refuses a party named fed_server)
         self.sizes = {k: len(idx) for k, idx in enumerate(plan.client_indices)}
         per_epoch = {k: math.ceil(n / cfg.training.batch_size) for k, n in self.sizes.items()}
         self.steps = {k: cfg.training.local_epochs * s for k, s in per_epoch.items()}
@@ -201,9 +264,8 @@ class SplitFed(SplitNN):
     @classmethod
     def supports_topology(cls, topology: Topology) -> str | None:
         """None if SplitFed can train ``topology`` (checked by ``prepare``), else what it needs."""
-        if AVERAGING_POINT not in topology.roles or CLIENT not in topology.roles:
-            return (f"needs clients and a {AVERAGING_POINT} that averages their weights (topology {topology.name} "
-                    f"has parties {', '.join(topology.roles)})")
+        if "server" not in topology.roles or CLIENT not in topology.roles:
+            return (f"needs clients and a server (topology {topology.name} has parties {', '.join(topology.roles)})")
         return None
 
     def start(self) -> None:
@@ -211,12 +273,16 @@ class SplitFed(SplitNN):
         connect(cfg.runtime.address)
         # v2's server-side hosts let a later step's call wait (in a thread) for its turn
         options = {"max_concurrency": 2 * cfg.runtime.workers + 2} if cfg.splitfed == "v2" else None
+        point = self.averaging_point
+        fed_server = {FED_SERVER: FED_SERVER_RESOURCES} if point == FED_SERVER else None
         self.hosts = start_hosts(cfg, p.topology, p.modules, p.dataset.train_x, p.dataset.train_y,
-                                 p.client_indices, self.capture, role_options=options, plugins=p.plugins)
-        install(self.hosts, SEGMENTS, dict.fromkeys(self.hosts.workers, SplitFedWorker), self.hosts.modules)
+                                 p.client_indices, self.capture, role_options=options, plugins=p.plugins,
+                                 extra_roles=fed_server)
+        install(self.hosts, SEGMENTS, dict.fromkeys(self.hosts.workers, SplitFedWorker), self.hosts.modules, point)
         client_init = {n: m.state_dict() for n, m in p.modules.items() if p.topology.segment(n).owner == CLIENT}
-        ray.get([h.install.remote(SEGMENTS, SplitFedServer, self.hosts.modules, cfg.splitfed,
-                                  client_init if role == AVERAGING_POINT else None)
+        ray.get([h.install.remote(SEGMENTS, FedServer, point, client_init) if role == FED_SERVER else
+                 h.install.remote(SEGMENTS, SplitFedServer, self.hosts.modules, cfg.splitfed,
+                                  (point, client_init) if role == point else None)
                  for role, h in self.hosts.roles.items()])
 
     def run_round(self, r: int) -> dict:
@@ -224,7 +290,7 @@ class SplitFed(SplitNN):
         roles = self.hosts.roles
         opened = {role: h.call.remote(SEGMENTS, "open_round", r, order) for role, h in roles.items()}
         ray.wait(list(opened.values()), num_returns=len(opened), fetch_local=False)  # open before any step
-        client_global = opened[AVERAGING_POINT]
+        client_global = opened[self.averaging_point]
         entries = [(k, float(self.sizes[k])) for k in order]
         run = self._round_v1 if self.cfg.splitfed == "v1" else self._round_v2
         folds, stats = run(r, order, client_global, entries)
@@ -242,7 +308,7 @@ class SplitFed(SplitNN):
             plan = [(j, k, j) for j in range(self.steps[k])]
             weights, st = self.hosts.client_host[k].call.options(num_returns=2).remote(
                 SEGMENTS, "train", r, plan, client_global)
-            folds.append([h.call.remote(SEGMENTS, "fold", [(k, n)], weights if role == AVERAGING_POINT else st)
+            folds.append([h.call.remote(SEGMENTS, "fold", [(k, n)], weights if role == self.averaging_point else st)
                           for role, h in self.hosts.roles.items()])
             stats.append(st)
         return [f for fs in folds for f in fs], stats
@@ -256,7 +322,7 @@ class SplitFed(SplitNN):
         results = [self.hosts.workers[w].call.options(num_returns=2).remote(SEGMENTS, "train", r, plan, client_global)
                    for w, plan in sorted(plans.items())]
         weights, stats = [w for w, _ in results], [st for _, st in results]
-        folds = [h.call.remote(SEGMENTS, "fold", entries, *(weights if role == AVERAGING_POINT else stats))
+        folds = [h.call.remote(SEGMENTS, "fold", entries, *(weights if role == self.averaging_point else stats))
                  for role, h in self.hosts.roles.items()]
         return folds, stats
 
@@ -264,7 +330,7 @@ class SplitFed(SplitNN):
         return gather_stats(stats, f"round {r + 1}/{self.cfg.training.rounds}", self.progress)
 
     def model(self) -> ComposedNet:
-        states = dict(ray.get(self.hosts.roles[AVERAGING_POINT].call.remote(SEGMENTS, "global_client_weights")))
+        states = dict(ray.get(self.hosts.roles[self.averaging_point].call.remote(SEGMENTS, "global_client_weights")))
         for h in self.hosts.roles.values():
             states.update(ray.get(h.call.remote(SEGMENTS, "segment_states")))
         return compose(self.plan, states)
