@@ -21,7 +21,18 @@ import torch
 
 from raysplit import config
 from raysplit.algorithms import Centralized, SplitNN
+from raysplit.data import batches
 from raysplit.experiment import prepare
+from raysplit.schedule import client_order
+
+
+def replay_round(ref: Centralized, plan, r: int) -> None:
+    """The reference round: the unsplit network in this process on exactly the batches SplitNN's clients
+    train in round ``r``, in the same order (the equivalence oracle's replay), so both do the same arithmetic."""
+    cfg = plan.cfg
+    for k in client_order(cfg, r):
+        for idx in batches(plan.client_indices[k], cfg.training.batch_size, cfg.seed, r, k):
+            ref.train_batch(idx)
 
 
 def main() -> None:
@@ -50,19 +61,19 @@ def main() -> None:
     split.start()
     ref.start()
     steps = sum(-(-len(p) // args.batch_size) for p in plan.client_indices)
-    split.run_round(0), ref.run_round(0)        # warm-up: actor start, FLOP counting, allocator
+    split.run_round(0), replay_round(ref, plan, 0)        # warm-up: actor start, FLOP counting, allocator
     ratios, t_split, t_ref = [], [], []
     for r in range(1, args.repeats + 1):
         t0 = time.perf_counter()
         split.run_round(r)
         t1 = time.perf_counter()
-        ref.run_round(r)
+        replay_round(ref, plan, r)
         t2 = time.perf_counter()
         t_split.append(t1 - t0)
         t_ref.append(t2 - t1)
         ratios.append((t1 - t0) / (t2 - t1))
         print(f"repeat {r}: raysplit {t1 - t0:.2f}s  reference {t2 - t1:.2f}s  ratio {ratios[-1]:.3f}", flush=True)
-    # the same arithmetic: both trained the same batches (warm-up + repeats), so the weights agree to rounding
+    # the same arithmetic: both trained the same batches in the same order, so the weights agree to rounding
     a, b = split.model().state_dict(), ref.model().state_dict()
     diff = max(float((a[k] - b[k]).abs().max()) for k in a)
     split.stop()
