@@ -59,9 +59,9 @@ class SequentialTurns(SegmentServer):
     def train_turns(self, clients: list[int], round_: int, payload: dict | None, last_next: str | None) -> tuple[dict, dict]:
         """Consecutive turns of clients hosted here, in one call: each hands on to the next through the
         ledger exactly as across hosts (same bytes, same arithmetic), without a Ray round trip per client."""
-        stats = TrainStats()
+        stats, has_clients = TrainStats(), CLIENT in self.host.topo.roles   # vertical: nothing to hand on
         for i, k in enumerate(clients):
-            nxt = party_id(CLIENT, clients[i + 1]) if i + 1 < len(clients) else last_next
+            nxt = last_next if i + 1 == len(clients) else party_id(CLIENT, clients[i + 1]) if has_clients else None
             payload, st = self.train_turn(k, round_, payload, nxt)
             stats.add(st)
         return payload, stats.as_lists()
