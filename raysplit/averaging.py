@@ -31,3 +31,27 @@ class WeightedSums:
                 dtype, v = self.dtypes[(kind, seg, key)], v / total
                 out[seg][key] = (v if dtype.is_floating_point else v.round()).to(dtype)
         return out
+
+
+class OrderedSums:
+    """A round's weighted sums filled in its canonical order of clients, whatever order they finish in:
+    early ones wait in a buffer. ``fold`` gives each (weight, states) back in that order, once each."""
+
+    def __init__(self, order: list[int]):
+        self.position = {k: i for i, k in enumerate(order)}
+        self.buffer: dict[int, tuple] = {}
+        self.folded, self.total, self.sums = 0, 0.0, WeightedSums()
+
+    def fold(self, kind: str, client: int, weight: float, states) -> None:
+        """``states``: a state-dict mapping, or a callable giving it when the client's turn to be summed comes."""
+        self.buffer[self.position[client]] = (weight, states)
+        while self.folded in self.buffer:
+            n, st = self.buffer.pop(self.folded)
+            self.folded += 1
+            self.total += n
+            self.sums.add(kind, st() if callable(st) else st, n)
+
+    def mean(self, kind: str, what: str) -> dict[str, dict[str, torch.Tensor]]:
+        if self.folded != len(self.position):
+            raise RuntimeError(f"SplitFed: {self.folded} of {len(self.position)} clients' {what} averaged")
+        return self.sums.mean(kind, self.total)

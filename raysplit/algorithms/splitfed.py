@@ -40,7 +40,7 @@ import torch
 
 from raysplit.algorithms.base import Plan, TrainStats, compose, gather_stats, install
 from raysplit.algorithms.splitnn import SplitNN
-from raysplit.averaging import WeightedSums
+from raysplit.averaging import OrderedSums
 from raysplit.config import Resources
 from raysplit.data import batches
 from raysplit.engine import SEGMENTS, SegmentServer, SegmentStore, party_id
@@ -102,9 +102,7 @@ class FedServer:
 
     def open_round(self, round_: int, order: list[int]):
         """Start a round; send the global client-side weights to every participant and return them."""
-        self.order, self.position = list(order), {k: i for i, k in enumerate(order)}
-        self.buffer: dict[int, tuple] = {}
-        self.folded, self.total, self.sums = 0, 0.0, WeightedSums()
+        self.sums = OrderedSums(order)
         if not order:
             return None
         self.host.ledger.round, self.host.ledger.step = round_, 0
@@ -114,18 +112,10 @@ class FedServer:
         """Add finished clients, [(client, weight)], with the workers' {client: weights} they sent here."""
         weights = {k: self.host.receive(w) for d in client_weights for k, w in d.items()}
         for k, n in entries:
-            self.buffer[self.position[k]] = (n, weights[k])
-        while self.folded in self.buffer:
-            n, client_state = self.buffer.pop(self.folded)
-            self.folded += 1
-            self.total += n
-            self.sums.add("client", client_state, n)
+            self.sums.fold("client", k, n, weights[k])
 
     def finish_round(self) -> None:
-        if self.folded != len(self.order):
-            raise RuntimeError(f"SplitFed: {self.folded} of {len(self.order)} clients' weights averaged")
-        self.client_global = self.sums.mean("client", self.total)
-        self.sums = WeightedSums()
+        self.client_global = self.sums.mean("client", "client-side weights")
 
     def global_client_weights(self) -> dict:
         return self.client_global
@@ -160,11 +150,9 @@ class SplitFedServer(SegmentServer):
     def open_round(self, round_: int, order: list[int]):
         """Start a round with its participants in canonical order (at the averaging point: the global
         client-side weights sent to them)."""
-        self.round, self.order = round_, list(order)
-        self.position = {k: i for i, k in enumerate(order)}
+        self.round = round_
         self.copies: dict[int, SegmentStore] = {}         # v1: client -> its copy of this host's segments
-        self.buffer: dict[int, tuple] = {}
-        self.folded, self.total, self.sums = 0, 0.0, WeightedSums()
+        self.sums = OrderedSums(order)
         self.ticket, self.calls = 0, 0
         return self.averager.open_round(round_, order) if self.averager else None
 
@@ -213,24 +201,18 @@ class SplitFedServer(SegmentServer):
         if self.averager:
             self.averager.fold(entries, *client_weights)
         for k, n in entries:
-            self.buffer[self.position[k]] = (n, self.copies.pop(k, None))
-        while self.folded in self.buffer:
-            n, own = self.buffer.pop(self.folded)
-            self.folded += 1
-            self.total += n
-            if self.version == "v1":     # a client that never called this host leaves its segments unchanged
-                self.sums.add("server", {name: m.state_dict() for name, m in (own or self.store).modules.items()}, n)
+            # v1: a client that never called this host leaves its segments unchanged (v2: nothing to sum)
+            own = self.copies.pop(k, None) or self.store
+            self.sums.fold("server", k, n, (lambda own=own: {name: m.state_dict() for name, m in own.modules.items()})
+                           if self.version == "v1" else {})
 
     def finish_round(self) -> None:
         """Averages (FedAvg): v1's server-side copies here (and the client-side weights at the averaging point)."""
-        if self.folded != len(self.order):
-            raise RuntimeError(f"SplitFed round {self.round}: {self.folded} of {len(self.order)} clients averaged")
+        means = self.sums.mean("server", f"server-side copies (round {self.round})")
         if self.averager:
             self.averager.finish_round()
-        if self.version == "v1":
-            for n, sd in self.sums.mean("server", self.total).items():
-                self.store.modules[n].load_state_dict(sd)
-        self.sums = WeightedSums()
+        for n, sd in means.items():           # v1's average (v2 sums nothing)
+            self.store.modules[n].load_state_dict(sd)
 
     def global_client_weights(self) -> dict | None:
         return self.averager.global_client_weights() if self.averager else None
