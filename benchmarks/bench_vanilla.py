@@ -5,7 +5,7 @@ Same model (FmnistCNN), data (a Fashion-MNIST subset), batch size, number of ste
 times one round (one epoch over the subset) of each, after a warm-up round of each that also pays the
 one-off FLOP counting. Reports the median ratio SplitNN-on-Ray / reference.
 
-    python benchmarks/bench_vanilla.py [--samples 12800] [--batch-size 64] [--clients 10] [--repeats 5] [--inline-mb 16]
+    python benchmarks/bench_vanilla.py [--samples 12800] [--batch-size 64] [--clients 10] [--repeats 5] [--transport link|ray] [--inline-mb 16]
 """
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--handoff", default="peer")
+    ap.add_argument("--transport", default="link", choices=["link", "ray"], help="runtime.step_transport")
     ap.add_argument("--inline-mb", type=float, default=0,
                     help="Ray's max_direct_call_object_size in MB (0: Ray's default, 100 KB): larger objects go "
                          "through the shared-memory object store, smaller ones inline in the actor call")
@@ -51,7 +52,8 @@ def main() -> None:
                                           "train_samples": args.samples},
         "model": {"name": "fmnist_cnn", "cut_layers": ["pool2"]}, "handoff": args.handoff,
         "training": {"rounds": 2 * args.repeats + 2, "batch_size": args.batch_size},
-        "runtime": {"workers": 1, "worker": {"num_cpus": 1}, "server": {"num_cpus": 1}},
+        "runtime": {"workers": 1, "worker": {"num_cpus": 1}, "server": {"num_cpus": 1},
+                    "step_transport": args.transport},
     })
     plan = prepare(cfg)
     system = {"max_direct_call_object_size": int(args.inline_mb * 2**20)} if args.inline_mb else {}
@@ -80,6 +82,7 @@ def main() -> None:
     print(f"\n{date.today()} {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads "
           f"in the reference, torch {torch.__version__}, ray {ray.__version__}")
     print(f"{steps} steps of batch {args.batch_size}, {args.clients} clients, hand-off {args.handoff}, "
+          f"step transport {args.transport}, "
           f"inline objects up to {args.inline_mb or 0.1:g} MB")
     print(f"median per step: raysplit {statistics.median(t_split) / steps * 1e3:.2f} ms, "
           f"reference {statistics.median(t_ref) / steps * 1e3:.2f} ms")

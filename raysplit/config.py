@@ -105,6 +105,9 @@ class RuntimeConfig:
     # place all party hosts in one Ray placement group with this strategy (null: no placement group)
     placement: Optional[Literal["PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"]] = None
     deterministic: bool = True            # torch.use_deterministic_algorithms in every party
+    # how a sequential SplitNN step's calls travel: "link", a direct connection per run of turns (raysplit/
+    # link.py; falls back to Ray where a peer cannot connect), or "ray", one Ray actor call per segment call
+    step_transport: Literal["link", "ray"] = "link"
     # the experiment's complete state every K rounds (and after the last), for --resume and recovery
     checkpoint_every: int = _rule(default=1, **positive)
     keep_checkpoints: int = _rule(default=2, **positive)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from raysplit.config import TrainingConfig
+from raysplit.link import Link, close_links, open_links, resolve
 from raysplit.models import eval_mode
 from raysplit.topology import CLIENT, INPUT, Segment
 
@@ -80,6 +82,25 @@ class SplitEngine:
     def __init__(self, host):
         self.host = host
         self.topo = host.topo
+        self.links: dict[str, Link] = {}     # role -> direct link, while a run of turns holds them open
+
+    def peer_roles(self) -> list[str]:
+        """The roles hosted elsewhere that a step driven here calls (their segments)."""
+        return list(dict.fromkeys(s.owner for s in self.topo.segments if s.owner not in self.host.roles))
+
+    @contextmanager
+    def linked(self):
+        """Hold direct links to the peers a step calls (raysplit/link.py) for the steps run inside."""
+        self.links = open_links({r: self.host.peers[r] for r in self.peer_roles()})
+        try:
+            yield
+        except BaseException:
+            close_links(self.links, quiet=True)     # the error that stopped the steps is the one to report
+            raise
+        else:
+            close_links(self.links)
+        finally:
+            self.links = {}
 
     def destinations(self, seg: Segment, client) -> list[str]:
         """The parties a segment's output goes to (one message each), in the topology's order."""
@@ -192,12 +213,15 @@ class SplitEngine:
         """Run a segment method here (on ``store``) if this host holds the role, else on the host that does."""
         if role in self.host.roles:
             return getattr(self, method)(store, *args)
+        if role in self.links:
+            return self.links[role].submit(SEGMENTS, "seg_" + method, num_returns, *args)
         return self.host.peers[role].call.options(num_returns=num_returns).remote(SEGMENTS, "seg_" + method, *args)
 
     @staticmethod
     def _local(values, here: bool):
-        """Values consumed in-process must be materialized; remote consumers get the ObjectRefs as they are."""
-        return [ray.get(v) if here and isinstance(v, ray.ObjectRef) else v for v in values]
+        """Values consumed in-process must be materialized; remote consumers get the ObjectRefs as they are
+        (a link's pending reply is read before it is sent on)."""
+        return [ray.get(v) if here and isinstance(v, ray.ObjectRef) else resolve(v) for v in values]
 
     def step(self, store: SegmentStore, client, clock, idx: np.ndarray) -> dict:
         """One training step of ``client`` on the samples ``idx``; returns {task: (loss sum, correct, n)}."""
@@ -241,6 +265,8 @@ class SplitEngine:
                     grads[i].append(g)
             elif not here:
                 pending.append(res[0])       # a remote data holder's last backward: wait for it below
+        stats, pending = [resolve(s) for s in stats], [resolve(p) for p in pending]
+        pending = [p for p in pending if isinstance(p, ray.ObjectRef)]
         remote = [s for s in stats if isinstance(s, ray.ObjectRef)]
         merged: dict[str, tuple] = {}
         for st in ray.get(remote + pending)[: len(remote)] + [s for s in stats if not isinstance(s, ray.ObjectRef)]:

@@ -17,6 +17,7 @@ import numpy as np
 import ray
 import torch
 
+from raysplit import link
 from raysplit.accounting import FlopMeter, Ledger, receive
 from raysplit.config import TrainingConfig
 from raysplit.plugins import Plugin, Plugins
@@ -87,6 +88,10 @@ class PartyHost:
         object as soon as it is yielded."""
         for item in getattr(self.programs[key], method)(*args):
             yield item
+
+    def serve(self, name: str, address: tuple, token: bytes) -> bool:
+        """Serve an initiator's calls over a direct link until it ends the session (raysplit/link.py)."""
+        return link.serve(self, name, address, token)
 
     def drain(self) -> tuple[list, dict, dict]:
         """This round's ledger entries, FLOP totals and plug-in metrics (and start the next round's)."""

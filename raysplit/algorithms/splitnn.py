@@ -5,6 +5,8 @@ from turn to turn, peer-to-peer or through the server. Program: ``SequentialTurn
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import ray
 import torch
 
@@ -20,7 +22,12 @@ from raysplit.topology import CLIENT, ComposedNet
 
 class SequentialTurns(SegmentServer):
     """On a data holder's host: a client's turn (take the hand-off, train on local batches, hand off); on the
-    server: relay a hand-off; on every host: serve its segments."""
+    server: relay a hand-off; on every host: serve its segments. ``transport``: "link" runs a call's turns over
+    direct links to the peers (raysplit/link.py), "ray" calls them through Ray at every step."""
+
+    def __init__(self, host, modules, transport: str = "ray"):
+        super().__init__(host, modules)
+        self.transport = transport
 
     def client_state(self) -> dict:
         """The client-side segments' weights and optimizer state: what a hand-off carries."""
@@ -60,10 +67,11 @@ class SequentialTurns(SegmentServer):
         """Consecutive turns of clients hosted here, in one call: each hands on to the next through the
         ledger exactly as across hosts (same bytes, same arithmetic), without a Ray round trip per client."""
         stats, has_clients = TrainStats(), CLIENT in self.host.topo.roles   # vertical: nothing to hand on
-        for i, k in enumerate(clients):
-            nxt = last_next if i + 1 == len(clients) else party_id(CLIENT, clients[i + 1]) if has_clients else None
-            payload, st = self.train_turn(k, round_, payload, nxt)
-            stats.add(st)
+        with self.engine.linked() if self.transport == "link" else nullcontext():
+            for i, k in enumerate(clients):
+                nxt = last_next if i + 1 == len(clients) else party_id(CLIENT, clients[i + 1]) if has_clients else None
+                payload, st = self.train_turn(k, round_, payload, nxt)
+                stats.add(st)
         return payload, stats.as_lists()
 
 
@@ -82,7 +90,8 @@ class SplitNN:
         connect(self.cfg.runtime.address)
         self.hosts = start_hosts(self.cfg, p.topology, p.modules, p.dataset.train_x, p.dataset.train_y,
                                  p.client_indices, self.capture, p.holder_ids, plugins=p.plugins)
-        install(self.hosts, SEGMENTS, dict.fromkeys(self.hosts.all, SequentialTurns), self.hosts.modules)
+        install(self.hosts, SEGMENTS, dict.fromkeys(self.hosts.all, SequentialTurns), self.hosts.modules,
+                self.cfg.runtime.step_transport)
         self.order = client_order(self.cfg, 0)
 
     def run_round(self, r: int) -> dict:
