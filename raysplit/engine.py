@@ -83,6 +83,7 @@ class SplitEngine:
         self.host = host
         self.topo = host.topo
         self.links: dict[str, Link] = {}     # role -> direct link, while a run of turns holds them open
+        self.unreachable: set[str] = set()   # peers that could not connect: Ray calls from then on
 
     def peer_roles(self) -> list[str]:
         """The roles hosted elsewhere that a step driven here calls (their segments)."""
@@ -91,7 +92,9 @@ class SplitEngine:
     @contextmanager
     def linked(self):
         """Hold direct links to the peers a step calls (raysplit/link.py) for the steps run inside."""
-        self.links = open_links({r: self.host.peers[r] for r in self.peer_roles()})
+        wanted = [r for r in self.peer_roles() if r not in self.unreachable]
+        self.links = open_links({r: self.host.peers[r] for r in wanted})
+        self.unreachable.update(r for r in wanted if r not in self.links)    # don't wait for them again
         try:
             yield
         except BaseException:

@@ -28,6 +28,8 @@ import ray
 HEADER = struct.Struct("!QI")     # pickle length, number of out-of-band buffers
 LENGTH = struct.Struct("!Q")
 ACCEPT_POLL_S = 0.2
+HANDSHAKE_S = 5
+CONNECT_TIMEOUT_S = 5
 
 
 class LinkBroken(ConnectionError):
@@ -154,13 +156,18 @@ def open_links(peers: dict[str, Any]) -> dict[str, Link]:
                     ray.get(ref)            # raises if the peer died
                     del waiting[name]
                 continue
-            sock.settimeout(None)
-            _tune(sock)
-            name = _recv_exact(sock, 16 + 64)
-            peer = bytes(name[16:]).rstrip(b"\0").decode()
-            if bytes(name[:16]) != token or peer not in waiting:
+            try:
+                sock.settimeout(HANDSHAKE_S)       # whoever connects must say who it is at once
+                hello = _recv_exact(sock, 16 + 64)
+            except (OSError, LinkBroken):
                 sock.close()
                 continue
+            peer = bytes(hello[16:]).rstrip(b"\0").decode(errors="replace")
+            if not secrets.compare_digest(bytes(hello[:16]), token) or peer not in waiting:
+                sock.close()
+                continue
+            sock.settimeout(None)
+            _tune(sock)
             links[peer] = Link(peer, sock, waiting.pop(peer))
     except BaseException:
         close_links(links)
@@ -186,7 +193,7 @@ def serve(host, name: str, address: tuple, token: bytes) -> bool:
     """The peer's end, in its actor thread: connect to the initiator and run its calls until it says stop.
     False if the initiator cannot be reached (it goes on with Ray calls)."""
     try:
-        sock = socket.create_connection(address, timeout=10)
+        sock = socket.create_connection(address, timeout=CONNECT_TIMEOUT_S)
     except OSError:
         return False
     sock.settimeout(None)
