@@ -1,4 +1,6 @@
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +19,26 @@ def ray_session():
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def raysplit_here(ray_session, capfd, monkeypatch):
+    """``raysplit ARGS`` run in this process through ``raysplit.cli.main`` (on the session's Ray where the
+    command gets that far), in ``cwd`` (the repository by default), returning a ``subprocess.CompletedProcess``
+    as ``test_cli.raysplit`` does: the exit code and what the command wrote to stdout and stderr (captured at
+    the file descriptors). For the tests of what a command does or refuses; the command as a process of its
+    own (the entry point, its exit status, signals) is tested through ``test_cli.raysplit`` and
+    ``test_recovery._cli``, without the few seconds each new process and its Ray take to start."""
+    from raysplit import cli
+
+    def call(*args: str, cwd=Path(__file__).resolve().parents[1]) -> subprocess.CompletedProcess:
+        capfd.readouterr()
+        with monkeypatch.context() as m:
+            m.chdir(cwd)
+            code = cli.main(list(args))
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess(["raysplit", *args], code, out, err)
+    return call
 
 
 def small_config(*sets: str):

@@ -173,8 +173,9 @@ def test_chain_parties_are_configurable_and_checked():
 
 
 # --------------------------------------------------------------------------- from the command line
+# (cli.main in this process, on the session's Ray: the command as a process of its own is tested in test_cli.py)
 
-from test_cli import ROOT, raysplit  # noqa: E402
+from test_cli import ROOT  # noqa: E402
 
 SYNTH = ["--set", "data.dataset=synthetic", "--set", "data.synthetic_samples=64", "--set", "data.synthetic_shape=[1,8,8]",
          "--set", "data.train_samples=null", "--set", "runtime.address=null"]
@@ -205,22 +206,22 @@ BAD = [  # (config, extra --set values, expected one-line error)
 
 
 @pytest.mark.parametrize("name,sets,pattern", BAD, ids=[f"{b[0]}:{b[1][-1]}" for b in BAD])
-def test_invalid_topologies_one_line_exit_2(tmp_path, name, sets, pattern):
+def test_invalid_topologies_one_line_exit_2(tmp_path, raysplit_here, name, sets, pattern):
     out = tmp_path / "res"
     extra = [a for s in sets for a in ("--set", s)]
     base = VERT if name.startswith("vertical") and not any(s.startswith("vertical.holders") for s in sets) else []
-    p = raysplit("run", f"experiments/{name}.yaml", *SYNTH, *base, *extra, "--out", str(out), "--quiet")
+    p = raysplit_here("run", f"experiments/{name}.yaml", *SYNTH, *base, *extra, "--out", str(out), "--quiet")
     err = [line for line in p.stderr.splitlines() if line.startswith("raysplit: error")]
     assert p.returncode == 2, p.stderr
     assert len(err) == 1 and re.search(pattern, err[0]), p.stderr
     assert "Traceback" not in p.stderr and not out.exists()
 
 
-def test_vertical_holders_with_different_sample_ids_one_line_exit_2(tmp_path):
+def test_vertical_holders_with_different_sample_ids_one_line_exit_2(tmp_path, raysplit_here):
     a, b = ids_file(tmp_path, "a.txt", range(30)), ids_file(tmp_path, "b.txt", range(31))
     holders = f"vertical.holders=[{{rows: [0, 4], sample_ids: {a}}}, {{rows: [4, 8], sample_ids: {b}}}]"
-    p = raysplit("run", "experiments/vertical_fmnist.yaml", *SYNTH, "--set", holders, "--set", "model.cut_layers=[pool1]",
-                 "--out", str(tmp_path / "res"), "--quiet")
+    p = raysplit_here("run", "experiments/vertical_fmnist.yaml", *SYNTH, "--set", holders, "--set", "model.cut_layers=[pool1]",
+                      "--out", str(tmp_path / "res"), "--quiet")
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert re.search(r"^raysplit: error: vertical.holders\[1\].sample_ids: '.*b.txt' .*the same sample ids as the first "
                      r"holder \(30 ids; this holder has 31: 0 of the first holder's missing, 1 others\)$", p.stderr.strip())
@@ -232,10 +233,10 @@ def test_example_configs_validate(path, capsys):
     assert capsys.readouterr().out.startswith(f"ok: {path} (")
 
 
-def test_vertical_breast_cancer_runs_from_the_cli(tmp_path):
+def test_vertical_breast_cancer_runs_from_the_cli(tmp_path, raysplit_here):
     out = tmp_path / "res"
-    p = raysplit("run", "experiments/vertical_breast_cancer.yaml", "--set", "training.rounds=2",
-                 "--set", "runtime.address=null", "--out", str(out), "--quiet")
+    p = raysplit_here("run", "experiments/vertical_breast_cancer.yaml", "--set", "training.rounds=2",
+                      "--set", "runtime.address=null", "--out", str(out), "--quiet")
     assert p.returncode == 0, p.stderr
     m = pd.read_csv(out / "metrics.csv")
     assert list(m["round"]) == [1, 2] and m["test_acc"].iloc[-1] > 0.6
