@@ -56,6 +56,25 @@ def small_config(*sets: str):
     return config.from_dict(raw, list(sets))
 
 
+_SHARED_RUNS: dict = {}
+
+
+def shared_run(*sets: str, capture_ledger: bool = False):
+    """``run(small_config(*sets), write=False)``, once per test session: returns ``(plan, result)``, the same
+    objects to every test that asks for the same settings. For tests that only read a run (its metrics,
+    ledger, FLOPs, ledger entries, trained model) and would otherwise repeat it: a config's results do not
+    depend on when or beside what it runs (the same config and seed give bitwise the same results:
+    test_determinism.py, test_recovery.py), so a repeat adds start-up time and nothing checked. Callers
+    must not modify what it returns. Needs the ``ray_session`` fixture."""
+    from raysplit.experiment import prepare, run
+
+    key = (sets, capture_ledger)
+    if key not in _SHARED_RUNS:
+        plan = prepare(small_config(*sets))
+        _SHARED_RUNS[key] = plan, run(plan.cfg, progress=False, write=False, capture_ledger=capture_ledger, plan=plan)
+    return _SHARED_RUNS[key]
+
+
 def train_with(algo_cls, plan):
     """Train ``plan`` with an algorithm for all its rounds; return the final ComposedNet."""
     algo = algo_cls(plan, progress=False)
