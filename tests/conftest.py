@@ -13,9 +13,12 @@ def ray_session():
     import ray
 
     os.environ.setdefault("RAY_worker_niceness", "0")   # as raysplit.runtime.connect does
-    # party hosts unpickle plug-ins and models defined in test modules: let them import those modules
+    # party hosts unpickle plug-ins and models defined in test modules, and those of the user's package in
+    # docs/examples (test_extending runs it in this process): let them import those modules (a fresh
+    # `raysplit run` puts the config's folder there itself: test_extending's subprocess run checks that)
     here = os.path.dirname(os.path.abspath(__file__))
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
+    examples = os.path.join(os.path.dirname(here), "docs", "examples")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [here, examples, os.environ.get("PYTHONPATH")]))
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     yield ray
     ray.shutdown()
