@@ -1,4 +1,6 @@
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -11,12 +13,35 @@ def ray_session():
     import ray
 
     os.environ.setdefault("RAY_worker_niceness", "0")   # as raysplit.runtime.connect does
-    # party hosts unpickle plug-ins and models defined in test modules: let them import those modules
+    # party hosts unpickle plug-ins and models defined in test modules, and those of the user's package in
+    # docs/examples (test_extending runs it in this process): let them import those modules (a fresh
+    # `raysplit run` puts the config's folder there itself: test_extending's subprocess run checks that)
     here = os.path.dirname(os.path.abspath(__file__))
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
+    examples = os.path.join(os.path.dirname(here), "docs", "examples")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [here, examples, os.environ.get("PYTHONPATH")]))
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def raysplit_here(ray_session, capfd, monkeypatch):
+    """``raysplit ARGS`` run in this process through ``raysplit.cli.main`` (on the session's Ray where the
+    command gets that far), in ``cwd`` (the repository by default), returning a ``subprocess.CompletedProcess``
+    as ``test_cli.raysplit`` does: the exit code and what the command wrote to stdout and stderr (captured at
+    the file descriptors). For the tests of what a command does or refuses; the command as a process of its
+    own (the entry point, its exit status, signals) is tested through ``test_cli.raysplit`` and
+    ``test_recovery._cli``, without the few seconds each new process and its Ray take to start."""
+    from raysplit import cli
+
+    def call(*args: str, cwd=Path(__file__).resolve().parents[1]) -> subprocess.CompletedProcess:
+        capfd.readouterr()
+        with monkeypatch.context() as m:
+            m.chdir(cwd)
+            code = cli.main(list(args))
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess(["raysplit", *args], code, out, err)
+    return call
 
 
 def small_config(*sets: str):
@@ -32,6 +57,25 @@ def small_config(*sets: str):
         "runtime": {"workers": 1, "worker": {"num_cpus": 0.5}, "server": {"num_cpus": 0.5}},
     }
     return config.from_dict(raw, list(sets))
+
+
+_SHARED_RUNS: dict = {}
+
+
+def shared_run(*sets: str, capture_ledger: bool = False):
+    """``run(small_config(*sets), write=False)``, once per test session: returns ``(plan, result)``, the same
+    objects to every test that asks for the same settings. For tests that only read a run (its metrics,
+    ledger, FLOPs, ledger entries, trained model) and would otherwise repeat it: a config's results do not
+    depend on when or beside what it runs (the same config and seed give bitwise the same results:
+    test_determinism.py, test_recovery.py), so a repeat adds start-up time and nothing checked. Callers
+    must not modify what it returns. Needs the ``ray_session`` fixture."""
+    from raysplit.experiment import prepare, run
+
+    key = (sets, capture_ledger)
+    if key not in _SHARED_RUNS:
+        plan = prepare(small_config(*sets))
+        _SHARED_RUNS[key] = plan, run(plan.cfg, progress=False, write=False, capture_ledger=capture_ledger, plan=plan)
+    return _SHARED_RUNS[key]
 
 
 def train_with(algo_cls, plan):

@@ -4,9 +4,8 @@ import math
 import torch
 from torch import nn
 
-from conftest import small_config
+from conftest import shared_run
 from raysplit.accounting import Ledger, count_flops, payload_nbytes, summarize
-from raysplit.experiment import prepare, run
 
 
 def test_linear_flops_by_hand():
@@ -34,9 +33,9 @@ def test_ledger_send_records_bytes_and_skips_self():
 
 
 def test_vanilla_ledger_and_meter_match_closed_form(ray_session):
-    cfg = small_config("training.rounds=1", "training.optimizer=sgd", "training.momentum=0.9")
-    plan = prepare(cfg)
-    result = run(cfg, progress=False, write=False)
+    plan, result = shared_run("training.rounds=1")      # one round of the tiny config (test_plugins reads it too)
+    cfg = plan.cfg
+    assert (cfg.training.optimizer, cfg.training.momentum) == ("sgd", 0.9)    # the closed form's optimizer state
     led, m = result.ledger, result.metrics.iloc[0]
     bottom, top = plan.modules["s0"], plan.modules["s1"]
     b = cfg.training.batch_size

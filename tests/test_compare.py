@@ -1,5 +1,6 @@
 """`raysplit compare`: three methods on the same data and seed into one results directory; bad input is
-one line, exit 2, nothing written."""
+one line, exit 2, nothing written. The command runs in this process (cli.main, on the session's Ray): the
+command as a process of its own is tested in test_cli.py."""
 import json
 import re
 
@@ -8,14 +9,14 @@ import pytest
 import yaml
 
 from raysplit import config
-from test_cli import SMALL, raysplit
+from test_cli import SMALL
 
 METHODS = ["splitnn", "fedavg", "large_batch_sgd"]
 
 
-def test_compare_writes_one_directory_with_three_runs(tmp_path):
+def test_compare_writes_one_directory_with_three_runs(tmp_path, raysplit_here):
     out = tmp_path / "cmp"
-    p = raysplit("compare", "experiments/compare_fmnist.yaml", *SMALL, "--set", "data.num_clients=3",
+    p = raysplit_here("compare", "experiments/compare_fmnist.yaml", *SMALL, "--set", "data.num_clients=3",
                  "--set", "compare.fedavg.training.lr=0.03", "--out", str(out), "--quiet")
     assert p.returncode == 0, p.stderr
     assert sorted(x.name for x in out.iterdir()) == sorted(["comparison.csv", "config.yaml", "report", *METHODS])
@@ -53,9 +54,9 @@ def test_compare_writes_one_directory_with_three_runs(tmp_path):
     (["--set", "compare.splitnn.model.cut_layers=[40]"], "compare.splitnn.model.cut_layers: 40 .*fmnist_cnn has 10 layers"),
     (["--set", "training.participation=1.5"], "training.participation: 1.5 .*a number in \\(0, 1\\]"),
 ])
-def test_compare_bad_input_is_one_line_exit_2_nothing_written(tmp_path, extra, pattern):
+def test_compare_bad_input_is_one_line_exit_2_nothing_written(tmp_path, raysplit_here, extra, pattern):
     out = tmp_path / "cmp"
-    p = raysplit("compare", "experiments/compare_fmnist.yaml", *SMALL, *extra, "--out", str(out), "--quiet")
+    p = raysplit_here("compare", "experiments/compare_fmnist.yaml", *SMALL, *extra, "--out", str(out), "--quiet")
     err = [line for line in p.stderr.splitlines() if line.startswith("raysplit: error")]
     assert p.returncode == 2 and len(err) == 1, p.stderr
     assert re.search(pattern, err[0]), err[0]

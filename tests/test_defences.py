@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import max_param_diff, small_config, train_with
+from conftest import max_param_diff, shared_run, small_config, train_with
 from raysplit.algorithms import Centralized, SplitNN
 from raysplit.errors import ConfigError
 from raysplit.experiment import prepare, run
@@ -47,13 +47,16 @@ def test_nopeek_keeps_the_equivalence_oracle(ray_session):
     plan = prepare(small_config("data.num_clients=1", "privacy.nopeek=0.5"))
     split = train_with(SplitNN, plan)
     assert max_param_diff(split, train_with(Centralized, plan)) <= 1e-5
-    plain = train_with(SplitNN, prepare(small_config("data.num_clients=1")))
+    plain = shared_run("data.num_clients=1")[1].model    # without NoPeek (test_equivalence.py reads it too)
     assert max_param_diff(split, plain) > 1e-4, "NoPeek must change training"
 
 
+PROBE = "privacy.leakage_probe=64"
+
+
 def test_nopeek_lowers_the_measured_leakage_and_sends_nothing_more(ray_session):
-    m0 = run(small_config("privacy.leakage_probe=64"), progress=False, write=False)
-    m1 = run(small_config("privacy.leakage_probe=64", "privacy.nopeek=3"), progress=False, write=False)
+    m0 = shared_run(PROBE)[1]                   # no defence, leakage measured (the noise test's baseline too)
+    m1 = run(small_config(PROBE, "privacy.nopeek=3"), progress=False, write=False)
     assert 0 < m1.metrics["dcor_s0"].iloc[-1] < m0.metrics["dcor_s0"].iloc[-1]
     assert m0.ledger["bytes"].sum() == m1.ledger["bytes"].sum()       # measuring adds no bytes
     assert m1.metrics["client_flops"].sum() > m0.metrics["client_flops"].sum()   # the defence's compute is metered
@@ -61,11 +64,10 @@ def test_nopeek_lowers_the_measured_leakage_and_sends_nothing_more(ray_session):
 
 def test_gaussian_noise_is_seeded_by_the_message_not_the_hosting(ray_session):
     noisy = "privacy.activation_noise=0.5"
-    probe = "privacy.leakage_probe=32"
-    a = run(small_config(noisy, "privacy.gradient_noise=0.01", "privacy.clip=20", probe), progress=False, write=False)
+    a = run(small_config(noisy, "privacy.gradient_noise=0.01", "privacy.clip=20", PROBE), progress=False, write=False)
     b = run(small_config(noisy, "privacy.gradient_noise=0.01", "privacy.clip=20", "runtime.workers=2"),
             progress=False, write=False)
-    plain = run(small_config(probe), progress=False, write=False)
+    plain = shared_run(PROBE)[1]                # the same run as the NoPeek test's baseline (probe of 64 samples)
     cols = ["test_acc", "test_loss", "train_loss"]
     assert a.metrics[cols].equals(b.metrics[cols])
     # the leakage is measured on what the server receives: the noise lowers it

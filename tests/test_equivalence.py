@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from conftest import max_param_diff, small_config, train_with
+from conftest import max_param_diff, shared_run, small_config, train_with
 from raysplit.algorithms import SplitNN
 from raysplit.data import batches
 from raysplit.experiment import prepare
@@ -47,10 +47,13 @@ def train_split(plan) -> ComposedNet:
     return train_with(SplitNN, plan)
 
 
+# Adam: besides the weights, a hand-off carries its state, a step count and two moment buffers per parameter;
+# SGD's momentum (one buffer) is handed on by the same code and keeps this oracle for each hand-off in
+# test_local_epochs_and_more_clients_than_workers (peer, across two workers) and
+# test_chain_topologies_equal_unsplit_network[vanilla] (through the server).
 @pytest.mark.parametrize("handoff", ["peer", "server"])
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_vanilla_sequential_equals_centralized(ray_session, handoff, optimizer):
-    plan = prepare(small_config(f"handoff={handoff}", f"training.optimizer={optimizer}",
+def test_vanilla_sequential_equals_centralized(ray_session, handoff):
+    plan = prepare(small_config(f"handoff={handoff}", "training.optimizer=adam",
                                 "training.lr=0.01", "training.client_order=shuffled",
                                 # two workers: consecutive clients live on different actors, so the
                                 # hand-off of weights and optimizer state is what carries training on
@@ -62,12 +65,20 @@ def test_vanilla_sequential_equals_centralized(ray_session, handoff, optimizer):
     assert max_param_diff(split, reference) <= TOL
 
 
+def chain_run(topology: str):
+    """One round of a chain topology, the client-side weights handed on through the server; its ledger entries
+    kept. One run per topology for the session: test_privacy.py checks its ledger, the test below its
+    parameters."""
+    cuts = "[" + ",".join(CHAINS[topology]) + "]"
+    return shared_run(f"topology={topology}", f"model.cut_layers={cuts}", "handoff=server", "training.rounds=1",
+                      capture_ledger=True)
+
+
 @pytest.mark.parametrize("topology", sorted(CHAINS))
 def test_chain_topologies_equal_unsplit_network(ray_session, topology):
-    cuts = "[" + ",".join(CHAINS[topology]) + "]"
-    plan = prepare(small_config(f"topology={topology}", f"model.cut_layers={cuts}", "training.rounds=1"))
+    plan, result = chain_run(topology)
     assert len(plan.topology.segments) == len(CHAINS[topology]) + 1
-    split = train_split(plan)
+    split = result.model
     reference = centralized_replay(plan)
     assert max_param_diff(split, reference) <= TOL
 
@@ -82,10 +93,10 @@ def test_centralized_algorithm_equals_split_with_one_client(ray_session):
     """The `centralized` algorithm (all data, one process) sees the same batches as a single client."""
     from raysplit.algorithms import Centralized
 
-    plan = prepare(small_config("data.num_clients=1"))
+    plan, split = shared_run("data.num_clients=1")       # (test_defences.py compares NoPeek with it too)
     ref = Centralized(plan, progress=False)
     ref.start()
     stats = [ref.run_round(r) for r in range(plan.cfg.training.rounds)]
     assert stats[-1]["y"][2] == len(plan.dataset.train_y)
     assert ref.drain()[1][("central", "forward")] > 0
-    assert max_param_diff(ref.model(), train_split(plan)) <= TOL
+    assert max_param_diff(ref.model(), split.model) <= TOL

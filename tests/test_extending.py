@@ -27,11 +27,13 @@ def test_user_extensions_run_through_the_cli(tmp_path):
     assert acts["bytes"].sum().tolist() == [192 * 2 * 4 * 4 * 4] * 2
 
 
-def test_user_algorithm_and_module_attribute_names(tmp_path):
+def test_user_algorithm_and_module_attribute_names(tmp_path, raysplit_here):
+    # in this process, on the session's Ray: the fresh process that finds the package beside the config and
+    # hands it to Ray's workers is the test above
     out = tmp_path / "res"
-    p = raysplit("run", CONFIG, "--out", str(out), "--quiet", "--set", "algorithm=fedprox",
-                 "--set", "model.name=my_lab.models:tiny_net", "--set", "imports=[my_lab.data, my_lab.topology, "
-                 "my_lab.plugins, my_lab.algorithms]")
+    p = raysplit_here("run", CONFIG, "--out", str(out), "--quiet", "--set", "algorithm=fedprox",
+                      "--set", "model.name=my_lab.models:tiny_net", "--set", "imports=[my_lab.data, my_lab.topology, "
+                      "my_lab.plugins, my_lab.algorithms]")
     assert p.returncode == 0, p.stderr
     m = pd.read_csv(out / "metrics.csv")
     assert (m["algorithm"] == "fedprox").all()
@@ -46,9 +48,10 @@ def test_user_algorithm_and_module_attribute_names(tmp_path):
     ("plugins=[{name: cut_stats2}]", r"^raysplit: error: plugins\[0\].name: 'cut_stats2' .*cut_stats"),
     ("imports=[my_lab.nothing]", r"^raysplit: error: imports\[0\]: 'my_lab.nothing' .*an importable Python module"),
 ])
-def test_unregistered_names_are_one_line_exit_2(tmp_path, override, pattern):
+def test_unregistered_names_are_one_line_exit_2(tmp_path, raysplit_here, override, pattern):
+    # cli.main in this process: the command as a process of its own is tested above and in test_cli.py
     out = tmp_path / "res"
-    p = raysplit("run", CONFIG, "--out", str(out), "--quiet", "--set", override)
+    p = raysplit_here("run", CONFIG, "--out", str(out), "--quiet", "--set", override)
     err = [line for line in p.stderr.splitlines() if line.startswith("raysplit: error")]
     assert p.returncode == 2 and len(err) == 1 and re.search(pattern, err[0]), p.stderr
     assert "Traceback" not in p.stderr and not out.exists()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import max_param_diff, small_config, train_with
+from conftest import max_param_diff, shared_run, small_config, train_with
 from raysplit.accounting import Ledger, payload_nbytes, receive
 from raysplit.algorithms import SplitNN
 from raysplit.compression import CODECS, Compression
@@ -65,9 +65,9 @@ def test_unknown_codec_is_a_config_error():
 
 
 def test_identity_codec_gives_bitwise_the_same_parameters(ray_session):
-    plain = train_with(SplitNN, prepare(small_config("training.rounds=1")))
-    ident = train_with(SplitNN, prepare(small_config("training.rounds=1", "compression.activation=identity",
-                                                     "compression.gradient=identity")))
+    plain = shared_run("training.rounds=1")[1].model          # the uncompressed run (test_accounting reads it too)
+    ident = run(small_config("training.rounds=1", "compression.activation=identity", "compression.gradient=identity"),
+                progress=False, write=False).model
     assert max_param_diff(plain, ident) == 0.0
 
 
@@ -113,10 +113,10 @@ PLUGINS.register("test_projection_penalty", ProjectionPenalty)
 
 
 def test_plugin_flops_are_metered_to_the_party_that_ran_them(ray_session):
-    base = small_config("training.rounds=1")
-    plan = prepare(base)
+    plan, plain = shared_run("training.rounds=1")             # the run without the plug-in (shared, as above)
+    base = plan.cfg
     with_plugin = small_config("training.rounds=1", "plugins=[{name: test_projection_penalty, alpha: 0.1}]")
-    plain, extra = run(base, progress=False, write=False), run(with_plugin, progress=False, write=False)
+    extra = run(with_plugin, progress=False, write=False)
     q = plan.modules["s0"](torch.zeros(1, 1, 8, 8)).numel()
     sizes = [len(b) for idx in plan.client_indices for b in batches(idx, base.training.batch_size, base.seed, 0, 0)]
     # (b x q) @ (q x 3): 2bq3 FLOPs forward; backward: the gradient w.r.t. z only (W is a constant), 2bq3 more

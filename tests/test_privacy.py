@@ -3,22 +3,20 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import small_config
 from raysplit.accounting import KINDS, role_of, row_fingerprints
-from raysplit.experiment import run
-
-CUTS = {"vanilla": "[pool1]", "u_shaped": "[pool1,relu3]", "extended": "[pool1,pool2]", "multi_hop": "[pool1,pool2,relu3]"}
+from test_equivalence import CHAINS, chain_run
 
 
 def raw_fingerprints(ds) -> set:
     return row_fingerprints(torch.from_numpy(np.concatenate([ds.train_x, ds.test_x])))
 
 
-@pytest.mark.parametrize("topology", sorted(CUTS))
+@pytest.mark.parametrize("topology", sorted(CHAINS))
 def test_no_raw_inputs_in_ledger_and_labels_only_where_allowed(ray_session, topology):
-    cfg = small_config(f"topology={topology}", f"model.cut_layers={CUTS[topology]}", "handoff=server",
-                       "training.rounds=1")
-    result = run(cfg, progress=False, capture_ledger=True, write=False)
+    # one round, hand-offs through the server, every ledger entry kept: the run test_equivalence.py checks
+    # the parameters of (one run per topology for the session)
+    plan, result = chain_run(topology)
+    cfg = plan.cfg
     entries = result.entries
     assert entries, "a run must record traffic"
     from raysplit.data import load_dataset

@@ -123,10 +123,12 @@ def assert_weights_only_via(entries, point: str) -> None:
 BY_HAND = {"v1": sflv1_by_hand, "v2": sflv2_by_hand}
 
 
+# Adam (v2: one server optimizer whose state every participant's steps advance); both versions with SGD and
+# momentum meet the same by-hand computations in test_sampled_participants_over_rounds_and_local_epochs and
+# test_other_topologies.
 @pytest.mark.parametrize("version", ["v1", "v2"])
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_splitfed_equals_the_computation_by_hand(ray_session, version, optimizer):
-    plan = prepare(small_config("schedule=parallel", f"splitfed={version}", f"training.optimizer={optimizer}",
+def test_splitfed_equals_the_computation_by_hand(ray_session, version):
+    plan = prepare(small_config("schedule=parallel", f"splitfed={version}", "training.optimizer=adam",
                                 "training.lr=0.01", "data.num_clients=4", "data.partition=dirichlet",
                                 "data.alpha=0.5", "runtime.workers=2", "training.rounds=1"))
     assert plan.cfg.algorithm == "splitfed"

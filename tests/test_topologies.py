@@ -10,12 +10,12 @@ import pytest
 import ray
 import torch
 
-from conftest import small_config
+from conftest import shared_run, small_config
 from raysplit import cli
 from raysplit.accounting import KINDS, role_of, row_fingerprints
 from raysplit.data import load_dataset
 from raysplit.errors import ConfigError
-from raysplit.experiment import prepare, run
+from raysplit.experiment import prepare
 from raysplit.runtime import start_hosts, stop_hosts
 from raysplit.topology import ComposedNet
 from conftest import max_param_diff
@@ -26,9 +26,17 @@ TABULAR = ["data.synthetic_shape=[12]", "model.name=mlp", "model.cut_layers=[rel
            "vertical.holders=[{name: lab, columns: [0, 4]}, {name: clinic, columns: [4, 9]}, {columns: [9, 12]}]"]
 
 
+VERTICAL = ("topology=vertical", "data.num_clients=1", "training.rounds=1", "runtime.server.num_cpus=0.5")
+
+
 def vertical(*sets):
-    return small_config("topology=vertical", "data.num_clients=1", "training.rounds=1", "runtime.server.num_cpus=0.5",
-                        *sets)
+    return small_config(*VERTICAL, *sets)
+
+
+def vertical_run(*sets):
+    """(plan, result) of a vertical run with every ledger entry kept, one per config for the session: the
+    equivalence and the ledger tests below read the same runs."""
+    return shared_run(*VERTICAL, *sets, capture_ledger=True)
 
 
 def ids_file(tmp_path, name, ids):
@@ -39,20 +47,24 @@ def ids_file(tmp_path, name, ids):
 
 # --------------------------------------------------------------------------- equivalence
 
-@pytest.mark.parametrize("sets", [
+VERTICAL_CASES = {
     # image regions, concatenated along channels; labels at the server (the active party)
-    [HALVES, "model.cut_layers=[pool1]"],
+    "image-concat": [HALVES, "model.cut_layers=[pool1]"],
     # summed after the first dense layer; labels at the first holder, sent to the server
-    [HALVES, "model.cut_layers=[relu3]", "vertical.combine=sum", "vertical.label_holder=holder0"],
+    "image-sum-holder-labels": [HALVES, "model.cut_layers=[relu3]", "vertical.combine=sum", "vertical.label_holder=holder0"],
     # three holders of column groups, averaged; labels at a holder other than the first listed; Adam
-    [*TABULAR, "vertical.combine=mean", "vertical.label_holder=clinic", "training.optimizer=adam", "training.lr=0.01"],
-], ids=["image-concat", "image-sum-holder-labels", "tabular-mean-adam"])
-def test_vertical_equals_unsplit_network(ray_session, sets):
-    plan = prepare(vertical(*sets))
+    "tabular-mean-adam": [*TABULAR, "vertical.combine=mean", "vertical.label_holder=clinic", "training.optimizer=adam",
+                          "training.lr=0.01"],
+}
+
+
+@pytest.mark.parametrize("case", list(VERTICAL_CASES))
+def test_vertical_equals_unsplit_network(ray_session, case):
+    plan, result = vertical_run(*VERTICAL_CASES[case])
     assert [s.owner for s in plan.topology.segments][-1] == "server"
     assert len(plan.topology.input_views) >= 2
     initial = ComposedNet(plan.topology, copy.deepcopy(plan.modules))
-    split, reference = train_split(plan), centralized_replay(plan)
+    split, reference = result.model, centralized_replay(plan)
     assert max_param_diff(reference, initial) > 1e-3, "training must move the parameters"
     assert max_param_diff(split, reference) <= TOL
 
@@ -73,16 +85,26 @@ def test_vertical_holders_with_different_sample_ids_are_refused(tmp_path):
         prepare(vertical(*TABULAR[:3], f"vertical.holders=[{{columns: [0, 6], sample_ids: {a}}}, {{columns: [6, 12], sample_ids: {b}}}]"))
 
 
-@pytest.mark.parametrize("group_owner", ["server", "tagger"])
+def multi_task_run(group_owner: str, *sets):
+    """(plan, result) of a multi-task run with every ledger entry kept, one per config for the session."""
+    return shared_run("topology=multi_task", "multi_task.groups=[0, 1, 1, 0]", f"multi_task.group_owner={group_owner}",
+                      "training.rounds=1", "runtime.server.num_cpus=0.5", "runtime.worker.num_cpus=0.5", *sets,
+                      capture_ledger=True)
+
+
+# the group head at the server, two clients handing on peer to peer; at a party of its own (the tagger), three
+# clients handing on through the server: the run whose ledger test_multi_task_ledger_labels_go_to_each_head_only reads
+MULTI_TASK_CASES = {"server": ["data.num_clients=2"], "tagger": ["handoff=server"]}
+
+
+@pytest.mark.parametrize("group_owner", sorted(MULTI_TASK_CASES))
 def test_multi_task_equals_unsplit_network(ray_session, group_owner):
-    plan = prepare(small_config("topology=multi_task", "multi_task.groups=[0, 1, 1, 0]", "training.rounds=1",
-                                f"multi_task.group_owner={group_owner}", "data.num_clients=2",
-                                "runtime.server.num_cpus=0.5", "runtime.worker.num_cpus=0.5"))
+    plan, result = multi_task_run(group_owner, *MULTI_TASK_CASES[group_owner])
     assert plan.topology.tasks == ["y", "group"]
     y = torch.arange(4)
     assert plan.topology.labels("group", y).tolist() == [0, 1, 1, 0]
     initial = ComposedNet(plan.topology, copy.deepcopy(plan.modules))
-    split, reference = train_split(plan), centralized_replay(plan)
+    split, reference = result.model, centralized_replay(plan)
     for head in ("head", "group_head", "bottom"):
         moved = max(float((a - b).abs().max()) for a, b in zip(reference.segs[head].state_dict().values(),
                                                                 initial.segs[head].state_dict().values()))
@@ -102,11 +124,14 @@ def _raw_rows(cfg, plan) -> set:
     return rows
 
 
-@pytest.mark.parametrize("label_holder", ["server", "holder0"])
-def test_vertical_ledger_no_raw_rows_labels_only_where_declared(ray_session, label_holder):
-    cfg = vertical(HALVES, f"vertical.label_holder={label_holder}")
-    result = run(cfg, progress=False, capture_ledger=True, write=False)
-    raw = _raw_rows(cfg, prepare(cfg))
+@pytest.mark.parametrize("case,label_holder", [("image-concat", "server"), ("image-sum-holder-labels", "holder0")],
+                         ids=["server", "holder0"])
+def test_vertical_ledger_no_raw_rows_labels_only_where_declared(ray_session, case, label_holder):
+    # the runs of the equivalence cases with these label holders (one run each for the session)
+    plan, result = vertical_run(*VERTICAL_CASES[case])
+    cfg = plan.cfg
+    assert cfg.vertical.label_holder == label_holder
+    raw = _raw_rows(cfg, plan)
     kinds = {e.kind for e in result.entries}
     assert {"activation", "gradient", "sample_ids"} <= kinds <= set(KINDS)
     for e in result.entries:
@@ -142,10 +167,10 @@ def test_vertical_holders_are_given_only_their_features_and_no_labels(ray_sessio
 
 
 def test_multi_task_ledger_labels_go_to_each_head_only(ray_session):
-    cfg = small_config("topology=multi_task", "multi_task.groups=[0, 1, 1, 0]", "multi_task.group_owner=tagger",
-                       "training.rounds=1", "runtime.server.num_cpus=0.5", "runtime.worker.num_cpus=0.5", "handoff=server")
-    result = run(cfg, progress=False, capture_ledger=True, write=False)
-    raw = _raw_rows(cfg, prepare(cfg))
+    # three clients, hand-offs through the server: the run test_multi_task_equals_unsplit_network[tagger] checks
+    plan, result = multi_task_run("tagger", *MULTI_TASK_CASES["tagger"])
+    cfg = plan.cfg
+    raw = _raw_rows(cfg, plan)
     assert not any(e.fingerprints & raw for e in result.entries)
     labels = {(role_of(e.src), e.dst) for e in result.entries if e.kind == "labels"}
     assert labels == {("client", "server"), ("client", "tagger")}
@@ -173,8 +198,9 @@ def test_chain_parties_are_configurable_and_checked():
 
 
 # --------------------------------------------------------------------------- from the command line
+# (cli.main in this process, on the session's Ray: the command as a process of its own is tested in test_cli.py)
 
-from test_cli import ROOT, raysplit  # noqa: E402
+from test_cli import ROOT  # noqa: E402
 
 SYNTH = ["--set", "data.dataset=synthetic", "--set", "data.synthetic_samples=64", "--set", "data.synthetic_shape=[1,8,8]",
          "--set", "data.train_samples=null", "--set", "runtime.address=null"]
@@ -205,22 +231,22 @@ BAD = [  # (config, extra --set values, expected one-line error)
 
 
 @pytest.mark.parametrize("name,sets,pattern", BAD, ids=[f"{b[0]}:{b[1][-1]}" for b in BAD])
-def test_invalid_topologies_one_line_exit_2(tmp_path, name, sets, pattern):
+def test_invalid_topologies_one_line_exit_2(tmp_path, raysplit_here, name, sets, pattern):
     out = tmp_path / "res"
     extra = [a for s in sets for a in ("--set", s)]
     base = VERT if name.startswith("vertical") and not any(s.startswith("vertical.holders") for s in sets) else []
-    p = raysplit("run", f"experiments/{name}.yaml", *SYNTH, *base, *extra, "--out", str(out), "--quiet")
+    p = raysplit_here("run", f"experiments/{name}.yaml", *SYNTH, *base, *extra, "--out", str(out), "--quiet")
     err = [line for line in p.stderr.splitlines() if line.startswith("raysplit: error")]
     assert p.returncode == 2, p.stderr
     assert len(err) == 1 and re.search(pattern, err[0]), p.stderr
     assert "Traceback" not in p.stderr and not out.exists()
 
 
-def test_vertical_holders_with_different_sample_ids_one_line_exit_2(tmp_path):
+def test_vertical_holders_with_different_sample_ids_one_line_exit_2(tmp_path, raysplit_here):
     a, b = ids_file(tmp_path, "a.txt", range(30)), ids_file(tmp_path, "b.txt", range(31))
     holders = f"vertical.holders=[{{rows: [0, 4], sample_ids: {a}}}, {{rows: [4, 8], sample_ids: {b}}}]"
-    p = raysplit("run", "experiments/vertical_fmnist.yaml", *SYNTH, "--set", holders, "--set", "model.cut_layers=[pool1]",
-                 "--out", str(tmp_path / "res"), "--quiet")
+    p = raysplit_here("run", "experiments/vertical_fmnist.yaml", *SYNTH, "--set", holders, "--set", "model.cut_layers=[pool1]",
+                      "--out", str(tmp_path / "res"), "--quiet")
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert re.search(r"^raysplit: error: vertical.holders\[1\].sample_ids: '.*b.txt' .*the same sample ids as the first "
                      r"holder \(30 ids; this holder has 31: 0 of the first holder's missing, 1 others\)$", p.stderr.strip())
@@ -232,10 +258,10 @@ def test_example_configs_validate(path, capsys):
     assert capsys.readouterr().out.startswith(f"ok: {path} (")
 
 
-def test_vertical_breast_cancer_runs_from_the_cli(tmp_path):
+def test_vertical_breast_cancer_runs_from_the_cli(tmp_path, raysplit_here):
     out = tmp_path / "res"
-    p = raysplit("run", "experiments/vertical_breast_cancer.yaml", "--set", "training.rounds=2",
-                 "--set", "runtime.address=null", "--out", str(out), "--quiet")
+    p = raysplit_here("run", "experiments/vertical_breast_cancer.yaml", "--set", "training.rounds=2",
+                      "--set", "runtime.address=null", "--out", str(out), "--quiet")
     assert p.returncode == 0, p.stderr
     m = pd.read_csv(out / "metrics.csv")
     assert list(m["round"]) == [1, 2] and m["test_acc"].iloc[-1] > 0.6
