@@ -218,3 +218,66 @@ def serve(host, name: str, address: tuple, token: bytes) -> bool:
                 _send(sock, (False, RuntimeError(repr(reply[1])), reply[2]))
             except OSError:
                 return True
+
+
+class Mesh:
+    """Sockets between the worker hosts, held for their lives, for sequential rounds over links: each run of
+    turns takes its hand-off from the host of the run before and sends its own to the host of the run after,
+    so the driver makes one call per host per round instead of one per run, and no hand-off waits for it.
+    Hosts are numbered by their place in the driver's list of addresses."""
+
+    def __init__(self):
+        self.listener = socket.create_server((ray.util.get_node_ip_address(), 0))
+        self.token = secrets.token_bytes(16)
+        self.to: dict[int, socket.socket] = {}      # host -> the socket this host sends on
+        self.frm: dict[int, socket.socket] = {}     # host -> the socket this host receives on
+
+    @property
+    def address(self) -> tuple:
+        return (*self.listener.getsockname()[:2], self.token)
+
+    def join(self, me: int, addresses: list[tuple]) -> bool:
+        """Connect to every other host and accept their connections; False if one cannot be reached (the
+        driver then goes on with a call per run)."""
+        self.close()
+        try:
+            for j, (ip, port, token) in enumerate(addresses):
+                if j != me:
+                    sock = socket.create_connection((ip, port), timeout=CONNECT_TIMEOUT_S)
+                    sock.sendall(token + LENGTH.pack(me))
+                    self.to[j] = sock
+        except OSError:
+            return False
+        self.listener.settimeout(HANDSHAKE_S)
+        while len(self.frm) < len(addresses) - 1:
+            try:
+                sock, _ = self.listener.accept()
+                sock.settimeout(HANDSHAKE_S)
+                hello = _recv_exact(sock, 16 + LENGTH.size)
+            except (OSError, LinkBroken):
+                return False
+            if not secrets.compare_digest(bytes(hello[:16]), self.token):
+                sock.close()
+                continue
+            self.frm[LENGTH.unpack(hello[16:])[0]] = sock
+        for sock in [*self.to.values(), *self.frm.values()]:
+            sock.settimeout(None)
+            _tune(sock)
+        return True
+
+    def send(self, host: int, obj: Any) -> None:
+        try:
+            _send(self.to[host], obj)
+        except OSError as e:
+            raise LinkBroken(f"hand-off to worker host {host} failed: {e}") from None
+
+    def recv(self, host: int) -> Any:
+        try:
+            return _recv(self.frm[host])
+        except (OSError, EOFError) as e:
+            raise LinkBroken(f"hand-off from worker host {host} lost: {e}") from None
+
+    def close(self) -> None:
+        for sock in [*self.to.values(), *self.frm.values()]:
+            sock.close()
+        self.to, self.frm = {}, {}

@@ -10,6 +10,7 @@ import torch
 
 from conftest import small_config
 from raysplit import link
+from raysplit.algorithms.splitnn import SplitNN
 from raysplit.experiment import run
 
 
@@ -77,6 +78,25 @@ def test_link_and_ray_transports_compute_and_record_the_same(ray_session, sets):
     """Vertical: two peers computing at once; multi-hop: a hop's output sent on to the server."""
     by_ray = run(small_config(*sets, "training.rounds=1", "runtime.step_transport=ray"), progress=False, write=False)
     by_link = run(small_config(*sets, "training.rounds=1", "runtime.step_transport=link"), progress=False, write=False)
+    drop = [c for c in by_ray.metrics.columns if c.startswith("wall_s")]
+    assert by_link.metrics.drop(columns=drop).equals(by_ray.metrics.drop(columns=drop))
+    assert by_link.ledger.equals(by_ray.ledger)
+    a, b = by_ray.model.state_dict(), by_link.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_rounds_over_links_hand_on_from_host_to_host_as_the_driver_would(ray_session, monkeypatch):
+    """Three worker hosts, seven clients in a shuffled order, two rounds: over links, a call per host per round
+    and the hand-offs straight from host to host (link.Mesh); bitwise what a call per run gives (ray)."""
+    sets = ("topology=u_shaped", "model.cut_layers=[pool1, relu3]", "data.num_clients=7", "runtime.workers=3", "training.client_order=shuffled",
+            "training.optimizer=adam", "training.lr=0.01")
+    rounds = []
+    over_links = SplitNN._round_over_links
+    monkeypatch.setattr(SplitNN, "_round_over_links", lambda self, *a: rounds.append(a) or over_links(self, *a))
+    by_ray = run(small_config(*sets, "runtime.step_transport=ray"), progress=False, write=False)
+    assert not rounds
+    by_link = run(small_config(*sets, "runtime.step_transport=link"), progress=False, write=False)
+    assert len(rounds) == 2
     drop = [c for c in by_ray.metrics.columns if c.startswith("wall_s")]
     assert by_link.metrics.drop(columns=drop).equals(by_ray.metrics.drop(columns=drop))
     assert by_link.ledger.equals(by_ray.ledger)

@@ -1,10 +1,13 @@
 """Sequential SplitNN: clients take turns, handing the client-side weights and optimizer state on.
 
-Driver: ``SplitNN`` submits one turn per client in the round's order, passing the hand-off (an ObjectRef)
-from turn to turn, peer-to-peer or through the server. Program: ``SequentialTurns``, on every host.
+Driver: ``SplitNN`` submits the round's turns in order, a call per run of consecutive clients on one host,
+passing the hand-off (an ObjectRef) from call to call, peer-to-peer or through the server; over links (the
+default, peer hand-offs), one call per worker host, which hand on to each other directly (``link.Mesh``).
+Program: ``SequentialTurns``, on every host.
 """
 from __future__ import annotations
 
+import logging
 from contextlib import nullcontext
 
 import ray
@@ -15,9 +18,12 @@ from raysplit.algorithms.base import (Plan, TrainStats, compose, drain_hosts, ga
                                       load_host_states)
 from raysplit.data import batches
 from raysplit.engine import SEGMENTS, SegmentServer, party_id
+from raysplit.link import Mesh
 from raysplit.runtime import Hosts, connect, start_hosts, stop_hosts
 from raysplit.schedule import client_order
 from raysplit.topology import CLIENT, ComposedNet
+
+log = logging.getLogger(__name__)
 
 
 class SequentialTurns(SegmentServer):
@@ -28,6 +34,7 @@ class SequentialTurns(SegmentServer):
     def __init__(self, host, modules, transport: str = "ray"):
         super().__init__(host, modules)
         self.transport = transport
+        self.mesh: Mesh | None = None
 
     def client_state(self) -> dict:
         """The client-side segments' weights and optimizer state: what a hand-off carries."""
@@ -66,13 +73,45 @@ class SequentialTurns(SegmentServer):
     def train_turns(self, clients: list[int], round_: int, payload: dict | None, last_next: str | None) -> tuple[dict, dict]:
         """Consecutive turns of clients hosted here, in one call: each hands on to the next through the
         ledger exactly as across hosts (same bytes, same arithmetic), without a Ray round trip per client."""
-        stats, has_clients = TrainStats(), CLIENT in self.host.topo.roles   # vertical: nothing to hand on
+        stats = TrainStats()
         with self.engine.linked() if self.transport == "link" else nullcontext():
-            for i, k in enumerate(clients):
-                nxt = last_next if i + 1 == len(clients) else party_id(CLIENT, clients[i + 1]) if has_clients else None
-                payload, st = self.train_turn(k, round_, payload, nxt)
-                stats.add(st)
+            payload = self._turns(clients, round_, payload, last_next, stats)
         return payload, stats.as_lists()
+
+    def _turns(self, clients: list[int], round_: int, payload: dict | None, last_next: str | None,
+               stats: TrainStats) -> dict:
+        has_clients = CLIENT in self.host.topo.roles   # vertical: nothing to hand on
+        for i, k in enumerate(clients):
+            nxt = last_next if i + 1 == len(clients) else party_id(CLIENT, clients[i + 1]) if has_clients else None
+            payload, st = self.train_turn(k, round_, payload, nxt)
+            stats.add(st)
+        return payload
+
+    # a round over links: one call per worker host, hand-offs straight from host to host (link.Mesh)
+
+    def mesh_address(self) -> tuple:
+        if self.mesh is None:
+            self.mesh = Mesh()
+        return self.mesh.address
+
+    def join_mesh(self, me: int, addresses: list[tuple]) -> bool:
+        return self.mesh.join(me, addresses)
+
+    def train_round(self, runs: list[list[int]], hosts: list[int], me: int, round_: int, payload: dict | None,
+                    last_next: str | None) -> tuple[dict | None, dict]:
+        """This host's runs of the round (``hosts[i]``: the worker host of ``runs[i]``; this is host ``me``), in
+        the round's order: each takes the hand-off from the previous run's host and sends its own to the next
+        run's host. The host of the last run returns the hand-off to the next round's first client."""
+        stats, mine = TrainStats(), [i for i, h in enumerate(hosts) if h == me]
+        with self.engine.linked() if mine else nullcontext():
+            for i in mine:
+                if i > 0:
+                    payload = self.mesh.recv(hosts[i - 1])
+                nxt = party_id(CLIENT, runs[i + 1][0]) if i + 1 < len(runs) else last_next
+                payload = self._turns(runs[i], round_, payload, nxt, stats)
+                if i + 1 < len(runs):
+                    self.mesh.send(hosts[i + 1], payload)
+        return (payload if hosts[-1] == me else None), stats.as_lists()
 
 
 class SplitNN:
@@ -83,21 +122,45 @@ class SplitNN:
         self.plan, self.cfg, self.capture, self.progress = plan, plan.cfg, capture_ledger, progress
         self.hosts: Hosts | None = None
         self.state_ref = None
+        self.over_links = False
 
     def start(self) -> None:
         p = self.plan
         self.state_ref = None
         connect(self.cfg.runtime.address)
-        self.hosts = start_hosts(self.cfg, p.topology, p.modules, p.dataset.train_x, p.dataset.train_y,
-                                 p.client_indices, self.capture, p.holder_ids, plugins=p.plugins)
+        cfg = self.cfg
+        over_links = cfg.runtime.step_transport == "link" and cfg.handoff == "peer" and CLIENT in p.topology.roles
+        # over links, each worker host holds a link to the server for the whole round: the server serves them
+        # in threads of its own (one run of turns at a time, as the turns are sequential)
+        options = {"max_concurrency": cfg.runtime.workers + 2} if over_links else None
+        self.hosts = start_hosts(cfg, p.topology, p.modules, p.dataset.train_x, p.dataset.train_y,
+                                 p.client_indices, self.capture, p.holder_ids, role_options=options, plugins=p.plugins)
         install(self.hosts, SEGMENTS, dict.fromkeys(self.hosts.all, SequentialTurns), self.hosts.modules,
-                self.cfg.runtime.step_transport)
-        self.order = client_order(self.cfg, 0)
+                cfg.runtime.step_transport)
+        self.order = client_order(cfg, 0)
+        self.over_links = over_links and self._join_mesh()
+
+    def _join_mesh(self) -> bool:
+        workers = self.hosts.workers
+        addresses = ray.get([w.call.remote(SEGMENTS, "mesh_address") for w in workers])
+        if all(ray.get([w.call.remote(SEGMENTS, "join_mesh", i, addresses) for i, w in enumerate(workers)])):
+            return True
+        log.warning("worker hosts cannot connect to each other: hand-offs go through the driver, a call per run")
+        return False
 
     def run_round(self, r: int) -> dict:
         order, last_round = self.order, r == self.cfg.training.rounds - 1
         next_order = None if last_round else client_order(self.cfg, r + 1)
         first_next = None if last_round else next_order[0]
+        if self.over_links:
+            refs = self._round_over_links(r, order, first_next)
+        else:
+            refs = self._round_by_calls(r, order, first_next)
+        self.order = next_order
+        return gather_stats(refs, f"round {r + 1}/{self.cfg.training.rounds}", self.progress)
+
+    def _round_by_calls(self, r: int, order: list[int], first_next: int | None) -> list:
+        """A call per run of turns; the driver passes each hand-off (an ObjectRef) on to the next call."""
         has_clients = CLIENT in self.plan.topology.roles
         refs, done = [], 0
         for run in self._runs(order):
@@ -112,8 +175,22 @@ class SplitNN:
                 state_ref = self.hosts.roles["server"].call.remote(SEGMENTS, "relay", state_ref, dst, r)
             self.state_ref = state_ref
             refs.append((stats_ref, len(run)))
-        self.order = next_order
-        return gather_stats(refs, f"round {r + 1}/{self.cfg.training.rounds}", self.progress)
+        return refs
+
+    def _round_over_links(self, r: int, order: list[int], first_next: int | None) -> list:
+        """A call per worker host: the hosts hand on to each other directly (SequentialTurns.train_round)."""
+        runs, workers = self._runs(order), self.hosts.workers
+        hosts = [workers.index(self.hosts.client_host[run[0]]) for run in runs]
+        last_next = None if first_next is None else party_id(CLIENT, first_next)
+        refs = []
+        for i, w in enumerate(workers):
+            out, stats = w.call.options(num_returns=2).remote(SEGMENTS, "train_round", runs, hosts, i, r,
+                                                              self.state_ref if hosts[0] == i else None, last_next)
+            refs.append((stats, sum(len(run) for run, h in zip(runs, hosts) if h == i)))
+            if hosts[-1] == i:
+                last_out = out
+        self.state_ref = last_out
+        return refs
 
     def _runs(self, order: list[int]) -> list[list[int]]:
         """The round's turns as calls: consecutive clients on one host share a call when hand-offs go peer to
