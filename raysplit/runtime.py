@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import threading
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -226,6 +227,37 @@ def dead_hosts(hosts: Hosts) -> list[str]:
     return dead
 
 
+# arrays the driver swapped for views of their object-store copy: id(view) -> (the view, weakly; its ref; the node)
+_IN_STORE: dict[int, tuple[weakref.ref, ray.ObjectRef, str]] = {}
+
+
+def shared_training_set(dataset) -> tuple[np.ndarray, np.ndarray]:
+    """The training set put in Ray's object store once, its arrays on ``dataset`` swapped for zero-copy views of
+    the store's copy: the driver (which evaluates on the test set) keeps no second copy of what the party hosts
+    read, and ``start_hosts`` hands them the same object again (a restart, the next algorithm of a comparison)."""
+    for name in ("train_x", "train_y"):
+        array = getattr(dataset, name)
+        if _stored(array) is None:
+            ref = ray.put(array)
+            view = ray.get(ref)
+            _IN_STORE[id(view)] = (weakref.ref(view), ref, ray.get_runtime_context().get_node_id())
+            setattr(dataset, name, view)
+    return dataset.train_x, dataset.train_y
+
+
+def _stored(array: np.ndarray) -> ray.ObjectRef | None:
+    for key in [k for k, (view, _, _) in _IN_STORE.items() if view() is None]:
+        del _IN_STORE[key]
+    view, ref, node = _IN_STORE.get(id(array), (lambda: None, None, None))
+    # a view of this Ray's store (not of one shut down since)
+    return ref if view() is array and node == ray.get_runtime_context().get_node_id() else None
+
+
+def put_once(array: np.ndarray) -> ray.ObjectRef:
+    """``ray.put(array)``, unless it is a view ``shared_training_set`` made: then its object, not a new copy."""
+    return _stored(array) or ray.put(array)
+
+
 def start_hosts(cfg: ExperimentConfig, topology: Topology, modules: dict, train_x, train_y,
                 client_indices: list, capture_ledger: bool = False, holder_ids: dict[str, np.ndarray] | None = None,
                 role_options: dict | None = None, other_roles: list[str] | None = None, plugins: list = (),
@@ -259,9 +291,9 @@ def start_hosts(cfg: ExperimentConfig, topology: Topology, modules: dict, train_
         if any(s.owner == role and INPUT in s.inputs for s in topology.segments):
             x = train_x if role not in topology.input_views and ids is None else \
                 topology.view(role, torch.from_numpy(train_x[rows])).numpy()
-            out["data_x"] = ray.put(x)
+            out["data_x"] = put_once(x)
         if role in topology.label_holders.values():
-            out["data_y"] = ray.put(train_y[rows])
+            out["data_y"] = put_once(train_y if ids is None else train_y[rows])
         return out
 
     def host(name, roles, res: Resources, options: dict | None = None, in_group: bool = True, **kw):

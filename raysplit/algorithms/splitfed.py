@@ -45,7 +45,7 @@ from raysplit.config import Resources
 from raysplit.data import batches
 from raysplit.engine import SEGMENTS, SegmentServer, SegmentStore, party_id
 from raysplit.errors import ConfigError
-from raysplit.runtime import connect, start_hosts
+from raysplit.runtime import connect, shared_training_set, start_hosts
 from raysplit.schedule import interleave, participants
 from raysplit.topology import CLIENT, ComposedNet, Topology
 
@@ -257,7 +257,7 @@ class SplitFed(SplitNN):
         options = {"max_concurrency": 2 * cfg.runtime.workers + 2} if cfg.splitfed == "v2" else None
         point = self.averaging_point
         fed_server = {FED_SERVER: FED_SERVER_RESOURCES} if point == FED_SERVER else None
-        self.hosts = start_hosts(cfg, p.topology, p.modules, p.dataset.train_x, p.dataset.train_y,
+        self.hosts = start_hosts(cfg, p.topology, p.modules, *shared_training_set(p.dataset),
                                  p.client_indices, self.capture, role_options=options, plugins=p.plugins,
                                  extra_roles=fed_server)
         install(self.hosts, SEGMENTS, dict.fromkeys(self.hosts.workers, SplitFedWorker), self.hosts.modules, point)

@@ -19,7 +19,7 @@ from raysplit.algorithms.base import (Plan, TrainStats, compose, drain_hosts, ga
 from raysplit.data import batches
 from raysplit.engine import SEGMENTS, SegmentServer, party_id
 from raysplit.link import Mesh
-from raysplit.runtime import Hosts, connect, start_hosts, stop_hosts
+from raysplit.runtime import Hosts, connect, shared_training_set, start_hosts, stop_hosts
 from raysplit.schedule import client_order
 from raysplit.topology import CLIENT, ComposedNet
 
@@ -133,7 +133,7 @@ class SplitNN:
         # over links, each worker host holds a link to the server for the whole round: the server serves them
         # in threads of its own (one run of turns at a time, as the turns are sequential)
         options = {"max_concurrency": cfg.runtime.workers + 2} if over_links else None
-        self.hosts = start_hosts(cfg, p.topology, p.modules, p.dataset.train_x, p.dataset.train_y,
+        self.hosts = start_hosts(cfg, p.topology, p.modules, *shared_training_set(p.dataset),
                                  p.client_indices, self.capture, p.holder_ids, role_options=options, plugins=p.plugins)
         install(self.hosts, SEGMENTS, dict.fromkeys(self.hosts.all, SequentialTurns), self.hosts.modules,
                 cfg.runtime.step_transport)

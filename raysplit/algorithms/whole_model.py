@@ -22,7 +22,7 @@ from raysplit.algorithms.base import (Plan, TrainStats, drain_hosts, gather_stat
 from raysplit.averaging import WeightedSums
 from raysplit.data import batches
 from raysplit.engine import detached_state, make_optimizer, party_id
-from raysplit.runtime import Hosts, connect, start_hosts, stop_hosts
+from raysplit.runtime import Hosts, connect, shared_training_set, start_hosts, stop_hosts
 from raysplit.topology import CLIENT, ComposedNet, Topology
 
 SERVER = "server"
@@ -198,7 +198,7 @@ class WholeModelAlgorithm:
     def start(self) -> None:
         p = self.plan
         connect(self.cfg.runtime.address)
-        self.hosts = start_hosts(self.cfg, p.topology, p.modules, p.dataset.train_x, p.dataset.train_y,
+        self.hosts = start_hosts(self.cfg, p.topology, p.modules, *shared_training_set(p.dataset),
                                  p.client_indices, self.capture, other_roles=[SERVER], plugins=p.plugins)
         self.server = self.hosts.roles[SERVER]
         # the seeded initial network: the same start as SplitNN
