@@ -157,8 +157,10 @@ def check_trainable(cfg: ExperimentConfig, topology: Topology, modules: dict[str
 
 
 @torch.no_grad()
-def evaluate(net: ComposedNet, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> dict[str, tuple[float, float]]:
-    """{task: (accuracy, mean loss)} of the composed network on a held-out set."""
+def evaluate(net: ComposedNet, x: np.ndarray, y: np.ndarray, batch: int = 256) -> dict[str, tuple[float, float]]:
+    """{task: (accuracy, mean loss)} of the composed network on a held-out set. Batches of 256: 1000 held
+    ~250 MB of activations at once in the driver (Fashion-MNIST's CNN), the peak of a whole run's memory, and
+    were slower (benchmarks/README.md, memory)."""
     sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     with eval_mode(net):
         for i in range(0, len(y), batch):
