@@ -121,8 +121,8 @@ def check_trainable(cfg: ExperimentConfig, topology: Topology, modules: dict[str
             layers = ", ".join(n for n, _ in modules[seg.name].named_children()) or "no layers"
             raise ConfigError("model.cut_layers", cuts, f"cuts that leave every segment a layer with parameters "
                               f"(segment {seg.name}, held by {seg.owner}, would hold only {layers}: nothing to train)")
-    x = torch.from_numpy(dataset.train_x[:2])
-    y = torch.from_numpy(dataset.train_y[:2])
+    # torch.tensor copies: the arrays may be read-only views of Ray's object store (runtime.shared_training_set)
+    x, y = torch.tensor(dataset.train_x[:2]), torch.tensor(dataset.train_y[:2])
     model = cfg.model.name
     with torch.random.fork_rng(devices=[]):
         net = ComposedNet(topology, copy.deepcopy(modules)).train()
@@ -139,7 +139,7 @@ def check_trainable(cfg: ExperimentConfig, topology: Topology, modules: dict[str
         losses = []
         for s in topology.heads:
             out = vals[s.name]
-            labels = topology.labels(s.task, torch.from_numpy(dataset.train_y))
+            labels = topology.labels(s.task, torch.tensor(dataset.train_y))
             need = int(labels.max()) + 1
             if out.dim() != 2 or out.shape[1] < need:
                 raise ConfigError("model.name", model, f"a model whose head {s.name} (task {s.task}) gives a score "

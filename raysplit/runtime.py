@@ -290,7 +290,7 @@ def start_hosts(cfg: ExperimentConfig, topology: Topology, modules: dict, train_
         out = {"sample_ids": ids}
         if any(s.owner == role and INPUT in s.inputs for s in topology.segments):
             x = train_x if role not in topology.input_views and ids is None else \
-                topology.view(role, torch.from_numpy(train_x[rows])).numpy()
+                topology.view(role, torch.tensor(train_x[rows])).numpy()
             out["data_x"] = put_once(x)
         if role in topology.label_holders.values():
             out["data_y"] = put_once(train_y if ids is None else train_y[rows])
