@@ -248,9 +248,11 @@ def shared_training_set(dataset) -> tuple[np.ndarray, np.ndarray]:
 def _stored(array: np.ndarray) -> ray.ObjectRef | None:
     for key in [k for k, (view, _, _) in _IN_STORE.items() if view() is None]:
         del _IN_STORE[key]
-    view, ref, node = _IN_STORE.get(id(array), (lambda: None, None, None))
+    entry = _IN_STORE.get(id(array))
     # a view of this Ray's store (not of one shut down since)
-    return ref if view() is array and node == ray.get_runtime_context().get_node_id() else None
+    if entry and entry[0]() is array and entry[2] == ray.get_runtime_context().get_node_id():
+        return entry[1]
+    return None
 
 
 def put_once(array: np.ndarray) -> ray.ObjectRef:

@@ -182,14 +182,13 @@ class SplitNN:
         runs, workers = self._runs(order), self.hosts.workers
         hosts = [workers.index(self.hosts.client_host[run[0]]) for run in runs]
         last_next = None if first_next is None else party_id(CLIENT, first_next)
-        refs = []
+        outs, refs = [], []
         for i, w in enumerate(workers):
             out, stats = w.call.options(num_returns=2).remote(SEGMENTS, "train_round", runs, hosts, i, r,
                                                               self.state_ref if hosts[0] == i else None, last_next)
+            outs.append(out)
             refs.append((stats, sum(len(run) for run, h in zip(runs, hosts) if h == i)))
-            if hosts[-1] == i:
-                last_out = out
-        self.state_ref = last_out
+        self.state_ref = outs[hosts[-1]]
         return refs
 
     def _runs(self, order: list[int]) -> list[list[int]]:
