@@ -63,6 +63,21 @@ def _recv(sock: socket.socket) -> Any:
     return pickle.loads(body, buffers=[_recv_exact(sock, n) for n in lengths])
 
 
+def _hello(sock: socket.socket, token: bytes, size: int) -> bytes | None:
+    """What an accepted connection says it is (``size`` bytes after the token), the socket made ready for
+    messages; None if it does not say at once or its token is wrong."""
+    try:
+        sock.settimeout(HANDSHAKE_S)
+        hello = _recv_exact(sock, 16 + size)
+    except (OSError, LinkBroken):
+        return None
+    if not secrets.compare_digest(bytes(hello[:16]), token):
+        return None
+    sock.settimeout(None)
+    _tune(sock)
+    return bytes(hello[16:])
+
+
 def _tune(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -156,18 +171,11 @@ def open_links(peers: dict[str, Any]) -> dict[str, Link]:
                     ray.get(ref)            # raises if the peer died
                     del waiting[name]
                 continue
-            try:
-                sock.settimeout(HANDSHAKE_S)       # whoever connects must say who it is at once
-                hello = _recv_exact(sock, 16 + 64)
-            except (OSError, LinkBroken):
+            who = _hello(sock, token, 64)
+            peer = None if who is None else who.rstrip(b"\0").decode(errors="replace")
+            if peer not in waiting:
                 sock.close()
                 continue
-            peer = bytes(hello[16:]).rstrip(b"\0").decode(errors="replace")
-            if not secrets.compare_digest(bytes(hello[:16]), token) or peer not in waiting:
-                sock.close()
-                continue
-            sock.settimeout(None)
-            _tune(sock)
             links[peer] = Link(peer, sock, waiting.pop(peer))
     except BaseException:
         close_links(links)
@@ -252,15 +260,14 @@ class Mesh:
         while len(self.frm) < len(addresses) - 1:
             try:
                 sock, _ = self.listener.accept()
-                sock.settimeout(HANDSHAKE_S)
-                hello = _recv_exact(sock, 16 + LENGTH.size)
-            except (OSError, LinkBroken):
+            except OSError:
                 return False
-            if not secrets.compare_digest(bytes(hello[:16]), self.token):
+            who = _hello(sock, self.token, LENGTH.size)
+            if who is None:
                 sock.close()
                 continue
-            self.frm[LENGTH.unpack(hello[16:])[0]] = sock
-        for sock in [*self.to.values(), *self.frm.values()]:
+            self.frm[LENGTH.unpack(who)[0]] = sock
+        for sock in self.to.values():
             sock.settimeout(None)
             _tune(sock)
         return True
