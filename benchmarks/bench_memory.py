@@ -34,20 +34,24 @@ def measure(clients: int, plain: bool) -> dict:
     from raysplit.experiment import prepare, run
 
     class PerProcess(MemoryPeak):
+        """Also each process's own peak, and what each held at the moment of the total's peak."""
         def __init__(self):
             super().__init__()
-            self.each, self.names = defaultdict(int), {}
+            self.each, self.names, self.at_peak = defaultdict(int), {}, {}
 
         def sample(self) -> None:
-            super().sample()
             me = psutil.Process(os.getpid())
+            now = {}
             for p in [me, *me.children(recursive=True)]:
                 try:
                     pss, name = p.memory_full_info().pss, " ".join(p.cmdline()).strip()
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
+                now[p.pid] = pss
                 self.each[p.pid] = max(self.each[p.pid], pss)
                 self.names[p.pid] = "driver" if p.pid == me.pid else name.split(" --")[0][-60:]
+            if sum(now.values()) > self.peak_pss:
+                self.peak_pss, self.at_peak = sum(now.values()), now
 
     cfg = config.from_dict(job_config(clients, 1, 64), [])
     with PerProcess() as mem:
@@ -59,7 +63,8 @@ def measure(clients: int, plain: bool) -> dict:
             plain_round(plan, ComposedNet(plan.topology, copy.deepcopy(plan.modules)), 0)
         else:
             run(cfg, progress=False, write=False)
-    each = sorted(((mem.each[pid] / GIB, mem.names[pid]) for pid in mem.each), reverse=True)
+    each = sorted(((mem.each[pid] / GIB, mem.at_peak.get(pid, 0) / GIB, mem.names[pid]) for pid in mem.each),
+                  reverse=True)
     return {"total": mem.peak_pss / GIB, "processes": each}
 
 
@@ -77,10 +82,11 @@ def main() -> int:
             out = subprocess.run([sys.executable, __file__, "--one", str(clients), kind], env=env, capture_output=True,
                                  text=True, check=True).stdout.strip().splitlines()[-1]
             r = json.loads(out)
-            print(f"FedAvg, {clients} clients, {kind}: peak PSS {r['total']:.2f} GiB, all processes; each process's peak:")
-            for gib, name in r["processes"]:
+            print(f"FedAvg, {clients} clients, {kind}: peak PSS {r['total']:.2f} GiB, all processes; "
+                  "each process's own peak / what it held at the total's peak:")
+            for gib, at_peak, name in r["processes"]:
                 if gib >= 0.01:
-                    print(f"    {gib:5.2f} GiB  {name}")
+                    print(f"    {gib:5.2f} / {at_peak:5.2f} GiB  {name}")
     print(f"load average {os.getloadavg()[0]:.1f}")
     return 0
 

@@ -70,12 +70,19 @@ def test_a_peer_that_dies_mid_call_is_a_broken_link(ray_session):
     link.close_links(links, quiet=True)
 
 
+SPLITFED = ["schedule=parallel", "topology=u_shaped", "model.cut_layers=[pool1, relu3]", "data.num_clients=5",
+            "data.partition=dirichlet", "data.alpha=0.5", "runtime.workers=2", "training.optimizer=adam", "training.lr=0.01"]
+
+
 @pytest.mark.parametrize("sets", [["topology=vertical", "data.num_clients=1",
                                    "vertical.holders=[{rows: [0, 4]}, {rows: [4, 8]}]"],
-                                  ["topology=multi_hop", "model.cut_layers=[pool1, pool2, relu3]", "handoff=server"]],
-                         ids=["vertical", "multi_hop"])
+                                  ["topology=multi_hop", "model.cut_layers=[pool1, pool2, relu3]", "handoff=server"],
+                                  [*SPLITFED, "splitfed=v1"], [*SPLITFED, "splitfed=v2"]],
+                         ids=["vertical", "multi_hop", "splitfed_v1", "splitfed_v2"])
 def test_link_and_ray_transports_compute_and_record_the_same(ray_session, sets):
-    """Vertical: two peers computing at once; multi-hop: a hop's output sent on to the server."""
+    """Vertical: two peers computing at once; multi-hop: a hop's output sent on to the server; SplitFed: the
+    server serves two workers' links at once (v1: a streaming call per worker, each client's copies averaged
+    as it finishes; v2: the turnstile orders the steps of both)."""
     by_ray = run(small_config(*sets, "training.rounds=1", "runtime.step_transport=ray"), progress=False, write=False)
     by_link = run(small_config(*sets, "training.rounds=1", "runtime.step_transport=link"), progress=False, write=False)
     drop = [c for c in by_ray.metrics.columns if c.startswith("wall_s")]

@@ -66,6 +66,15 @@ def gather_stats(refs: list, desc: str, progress: bool, unit: str = "client") ->
     return out
 
 
+def next_item(stream):
+    """The next object of a host's streaming call; a stream cut short (its host died) raises the host's error."""
+    ref = next(stream, None)
+    if ref is None:
+        ray.get(stream.completed())
+        raise RuntimeError("a host's stream of results ended early")
+    return ref
+
+
 def install(hosts, key: str, programs: dict, *args) -> None:
     """Install a program on hosts and wait: ``programs`` maps a host to its program class."""
     ray.get([h.install.remote(key, program, *args) for h, program in programs.items()])

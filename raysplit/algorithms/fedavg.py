@@ -6,7 +6,7 @@ from __future__ import annotations
 import ray
 from tqdm import tqdm
 
-from raysplit.algorithms.base import merge_stats
+from raysplit.algorithms.base import merge_stats, next_item
 from raysplit.algorithms.whole_model import WHOLE, WholeModelAlgorithm
 from raysplit.schedule import participants
 
@@ -21,26 +21,18 @@ class FedAvg(WholeModelAlgorithm):
             mine.setdefault(id(self.hosts.client_host[k]), []).append(k)
         streams = {key: self.hosts.client_host[ks[0]].stream.options(num_returns="streaming").remote(
             WHOLE, "train_clients", ks, r, weights) for key, ks in mine.items()}
-        stats, server_calls = [], []
+        server_calls = []
         desc = f"round {r + 1}/{self.cfg.training.rounds}"
         with tqdm(clients, desc=desc, unit="client", leave=False, disable=not self.progress) as bar:
             for k in bar:      # summed in client order as uploads arrive, so few are held at once
-                stream = streams[id(self.hosts.client_host[k])]
-                upload, st = self._next(stream), self._next(stream)
+                upload = next_item(streams[id(self.hosts.client_host[k])])
                 server_calls.append(self.on(self.server, "accumulate", upload))
-                stats.append(st)
         server_calls.append(self.on(self.server, "finish_average"))
+        stats = {}          # each worker's clients' stats, last in its stream
+        for key, ks in mine.items():
+            stats.update(zip(ks, ray.get(next_item(streams[key]))))
         out: dict = {}
-        for st in ray.get(stats):
-            merge_stats(out, st)
+        for k in clients:   # merged in client order: the same float sums however clients are hosted
+            merge_stats(out, stats[k])
         ray.get(server_calls)          # surfaces any error of the server's calls
         return out
-
-    @staticmethod
-    def _next(stream):
-        """The next object of a worker's stream; a stream cut short (its host died) raises the host's error."""
-        ref = next(stream, None)
-        if ref is None:
-            ray.get(stream.completed())
-            raise RuntimeError("a worker's stream of client uploads ended early")
-        return ref

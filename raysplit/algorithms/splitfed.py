@@ -33,12 +33,12 @@ from __future__ import annotations
 
 import math
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import ray
 import torch
 
-from raysplit.algorithms.base import Plan, TrainStats, compose, gather_stats, install
+from raysplit.algorithms.base import Plan, TrainStats, compose, gather_stats, install, next_item
 from raysplit.algorithms.splitnn import SplitNN
 from raysplit.averaging import OrderedSums
 from raysplit.config import Resources
@@ -57,23 +57,38 @@ FED_SERVER_RESOURCES = Resources(num_cpus=0.0, torch_threads=1)
 
 class SplitFedWorker(SegmentServer):
     """Worker side: trains participating clients, each on its own copy of the client-side segments (only
-    while it trains), and sends their weights to the averaging point."""
+    while it trains), and sends their weights to the averaging point. ``transport``: "link" runs a call's
+    steps over direct links to the server-side hosts (raysplit/link.py), "ray" calls them through Ray."""
 
-    def __init__(self, host, modules, averaging_point: str):
+    def __init__(self, host, modules, averaging_point: str, transport: str = "ray"):
         super().__init__(host, modules)
-        self.averaging_point = averaging_point
+        self.averaging_point, self.transport = averaging_point, transport
 
     def train(self, round_: int, plan: list[tuple[int, int, int]], client_global: dict) -> tuple[dict, dict]:
         """Run ``plan`` = [(clock step, client, local step)] in order. Each client trains a copy of the
         client-side segments, from ``client_global`` with a fresh optimizer; after its last step its weights
         go to the averaging point. Returns ({client: weights}, train stats)."""
+        stats = TrainStats()
+        with self.engine.linked() if self.transport == "link" else nullcontext():
+            sent = self._train(round_, plan, self.host.receive(client_global), stats)
+        return sent, stats.as_lists()
+
+    def train_clients(self, round_: int, clients: list[int], steps: dict[int, int], client_global: dict):
+        """v1 over links: this worker's clients one after another in one call (a streaming generator), over
+        links held for the call; yields each client's {client: weights} when it is done (so the driver folds
+        it in while the next trains), then the train stats of all."""
+        stats, client_global = TrainStats(), self.host.receive(client_global)
+        with self.engine.linked():
+            for k in clients:
+                yield self._train(round_, [(j, k, j) for j in range(steps[k])], client_global, stats)
+        yield stats.as_lists()
+
+    def _train(self, round_: int, plan: list[tuple[int, int, int]], client_global: dict, stats: TrainStats) -> dict:
         h, training = self.host, self.training
         epochs, size = training.local_epochs, training.batch_size
-        client_global = h.receive(client_global)
         last = {k: j for _, k, j in plan}
         live: dict[int, tuple[SegmentStore, list]] = {}
         sent: dict[int, dict] = {}
-        stats = TrainStats()
         for step, k, j in plan:
             if k not in live:
                 live[k] = (self.store.copy(training, client_global),
@@ -86,7 +101,7 @@ class SplitFedWorker(SegmentServer):
                 h.ledger.round, h.ledger.step = round_, step
                 sent[k] = h.ledger.send(party_id(CLIENT, k), self.averaging_point, "weights", store.weights())
                 del live[k]
-        return sent, stats.as_lists()
+        return sent
 
 
 class FedServer:
@@ -98,6 +113,7 @@ class FedServer:
 
     def __init__(self, host, party: str, client_init: dict):
         self.host, self.party, self.client_global = host, party, client_init
+        self.lock = threading.Lock()     # folds may come in threads of their own (v1 over links)
         self.open_round(-1, [])
 
     def open_round(self, round_: int, order: list[int]):
@@ -111,8 +127,9 @@ class FedServer:
     def fold(self, entries: list[tuple[int, float]], *client_weights) -> None:
         """Add finished clients, [(client, weight)], with the workers' {client: weights} they sent here."""
         weights = {k: self.host.receive(w) for d in client_weights for k, w in d.items()}
-        for k, n in entries:
-            self.sums.fold("client", k, n, weights[k])
+        with self.lock:
+            for k, n in entries:
+                self.sums.fold("client", k, n, weights[k])
 
     def finish_round(self) -> None:
         self.client_global = self.sums.mean("client", "client-side weights")
@@ -174,9 +191,12 @@ class SplitFedServer(SegmentServer):
     @contextmanager
     def turn(self, clock):
         """v2: the one server model takes steps in ticket order (the clock's step is the ticket); a call of a
-        later step waits in its Ray thread until every call of the earlier steps has run here."""
+        later step waits in its Ray thread until every call of the earlier steps has run here. v1: one call
+        at a time (over links, each worker's calls come in a thread of their own; the host's ledger clock and
+        meter serve one call at a time)."""
         if self.version != "v2":
-            yield
+            with self.cond:
+                yield
             return
         round_, ticket = clock
         if round_ != self.round:
@@ -198,13 +218,14 @@ class SplitFedServer(SegmentServer):
         round's canonical order whatever order clients finish in. ``client_weights``: at the averaging point,
         the workers' {client: weights}; elsewhere results this call must wait for (Ray resolves them first),
         ignored."""
-        if self.averager:
-            self.averager.fold(entries, *client_weights)
-        for k, n in entries:
-            # v1: a client that never called this host leaves its segments unchanged (v2: nothing to sum)
-            own = self.copies.pop(k, None) or self.store
-            self.sums.fold("server", k, n, (lambda own=own: {name: m.state_dict() for name, m in own.modules.items()})
-                           if self.version == "v1" else {})
+        with self.cond:      # v1 over links: not while a segment call or another fold runs
+            if self.averager:
+                self.averager.fold(entries, *client_weights)
+            for k, n in entries:
+                # v1: a client that never called this host leaves its segments unchanged (v2: nothing to sum)
+                own = self.copies.pop(k, None) or self.store
+                self.sums.fold("server", k, n, (lambda own=own: {name: m.state_dict() for name, m in own.modules.items()})
+                               if self.version == "v1" else {})
 
     def finish_round(self) -> None:
         """Averages (FedAvg): v1's server-side copies here (and the client-side weights at the averaging point)."""
@@ -253,14 +274,18 @@ class SplitFed(SplitNN):
     def start(self) -> None:
         p, cfg = self.plan, self.cfg
         connect(cfg.runtime.address)
-        # v2's server-side hosts let a later step's call wait (in a thread) for its turn
-        options = {"max_concurrency": 2 * cfg.runtime.workers + 2} if cfg.splitfed == "v2" else None
+        # v2's server-side hosts let a later step's call wait (in a thread) for its turn; over links, each
+        # worker's link is served in a thread of its own for the whole call
+        self.over_links = cfg.runtime.step_transport == "link"
+        threads = 2 * cfg.runtime.workers + 2 if cfg.splitfed == "v2" else cfg.runtime.workers + 2 if self.over_links else 1
+        options = {"max_concurrency": threads} if threads > 1 else None
         point = self.averaging_point
         fed_server = {FED_SERVER: FED_SERVER_RESOURCES} if point == FED_SERVER else None
         self.hosts = start_hosts(cfg, p.topology, p.modules, *shared_training_set(p.dataset),
                                  p.client_indices, self.capture, role_options=options, plugins=p.plugins,
                                  extra_roles=fed_server)
-        install(self.hosts, SEGMENTS, dict.fromkeys(self.hosts.workers, SplitFedWorker), self.hosts.modules, point)
+        install(self.hosts, SEGMENTS, dict.fromkeys(self.hosts.workers, SplitFedWorker), self.hosts.modules, point,
+                cfg.runtime.step_transport)
         client_init = {n: m.state_dict() for n, m in p.modules.items() if p.topology.segment(n).owner == CLIENT}
         ray.get([h.install.remote(SEGMENTS, FedServer, point, client_init) if role == FED_SERVER else
                  h.install.remote(SEGMENTS, SplitFedServer, self.hosts.modules, cfg.splitfed,
@@ -274,7 +299,8 @@ class SplitFed(SplitNN):
         ray.wait(list(opened.values()), num_returns=len(opened), fetch_local=False)  # open before any step
         client_global = opened[self.averaging_point]
         entries = [(k, float(self.sizes[k])) for k in order]
-        run = self._round_v1 if self.cfg.splitfed == "v1" else self._round_v2
+        run = self._round_v2 if self.cfg.splitfed == "v2" else \
+            self._round_v1_over_links if self.over_links else self._round_v1
         folds, stats = run(r, order, client_global, entries)
         ray.get(folds)
         ray.get([h.call.remote(SEGMENTS, "finish_round") for h in roles.values()])
@@ -294,6 +320,25 @@ class SplitFed(SplitNN):
                           for role, h in self.hosts.roles.items()])
             stats.append(st)
         return [f for fs in folds for f in fs], stats
+
+    def _round_v1_over_links(self, r, order, client_global, entries):
+        """A streaming call per worker, its clients one after another over its links; each client's copies
+        are averaged as it is done, in canonical order. Backpressure keeps a worker at most FOLD_WINDOW
+        finished clients ahead of the driver, which folds in canonical order."""
+        mine: dict[int, list[int]] = {}
+        for k in order:
+            mine.setdefault(id(self.hosts.client_host[k]), []).append(k)
+        streams = {key: self.hosts.client_host[ks[0]].stream.options(
+            num_returns="streaming", _generator_backpressure_num_objects=self.FOLD_WINDOW).remote(
+            SEGMENTS, "train_clients", r, ks, {k: self.steps[k] for k in ks}, client_global)
+            for key, ks in mine.items()}
+        folds = []
+        for k, n in entries:     # a client's item comes once it is done: its server-side copies are final
+            weights = next_item(streams[id(self.hosts.client_host[k])])
+            folds += [h.call.remote(SEGMENTS, "fold", [(k, n)], *([weights] if role == self.averaging_point else []))
+                      for role, h in self.hosts.roles.items()]
+        stats = [(next_item(streams[key]), len(ks)) for key, ks in mine.items()]
+        return folds, stats
 
     def _round_v2(self, r, order, client_global, entries):
         """A task per worker running its clients' steps in ticket order; then one fold of all clients."""
