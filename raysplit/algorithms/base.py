@@ -66,6 +66,14 @@ def gather_stats(refs: list, desc: str, progress: bool, unit: str = "client") ->
     return out
 
 
+def clients_by_host(hosts, clients: list[int]) -> dict[int, list[int]]:
+    """{id(worker host): its clients among ``clients``, in their order}: what one streaming call per host gets."""
+    mine: dict[int, list[int]] = {}
+    for k in clients:
+        mine.setdefault(id(hosts.client_host[k]), []).append(k)
+    return mine
+
+
 def next_item(stream):
     """The next object of a host's streaming call; a stream cut short (its host died) raises the host's error."""
     ref = next(stream, None)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ray
 from tqdm import tqdm
 
-from raysplit.algorithms.base import merge_stats, next_item
+from raysplit.algorithms.base import clients_by_host, merge_stats, next_item
 from raysplit.algorithms.whole_model import WHOLE, WholeModelAlgorithm
 from raysplit.schedule import participants
 
@@ -16,9 +16,7 @@ class FedAvg(WholeModelAlgorithm):
         clients = participants(self.cfg, r)
         weights = self.on(self.server, "send_global", (r, 0), clients)
         # one streaming call per worker for all its clients: no Ray task per client
-        mine: dict[int, list[int]] = {}
-        for k in clients:
-            mine.setdefault(id(self.hosts.client_host[k]), []).append(k)
+        mine = clients_by_host(self.hosts, clients)
         streams = {key: self.hosts.client_host[ks[0]].stream.options(num_returns="streaming").remote(
             WHOLE, "train_clients", ks, r, weights) for key, ks in mine.items()}
         server_calls = []

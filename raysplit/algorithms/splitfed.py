@@ -38,7 +38,8 @@ from contextlib import contextmanager, nullcontext
 import ray
 import torch
 
-from raysplit.algorithms.base import Plan, TrainStats, compose, gather_stats, install, next_item
+from raysplit.algorithms.base import (Plan, TrainStats, clients_by_host, compose, gather_stats, install,
+                                      next_item)
 from raysplit.algorithms.splitnn import SplitNN
 from raysplit.averaging import OrderedSums
 from raysplit.config import Resources
@@ -325,9 +326,7 @@ class SplitFed(SplitNN):
         """A streaming call per worker, its clients one after another over its links; each client's copies
         are averaged as it is done, in canonical order. Backpressure keeps a worker at most FOLD_WINDOW
         finished clients ahead of the driver, which folds in canonical order."""
-        mine: dict[int, list[int]] = {}
-        for k in order:
-            mine.setdefault(id(self.hosts.client_host[k]), []).append(k)
+        mine = clients_by_host(self.hosts, order)
         streams = {key: self.hosts.client_host[ks[0]].stream.options(
             num_returns="streaming", _generator_backpressure_num_objects=self.FOLD_WINDOW).remote(
             SEGMENTS, "train_clients", r, ks, {k: self.steps[k] for k in ks}, client_global)
