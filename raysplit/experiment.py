@@ -50,7 +50,7 @@ from raysplit.models import eval_mode
 from raysplit.network import add_sim_columns, resolve
 from raysplit.plugins import DriverContext, Plugins, build_plugins
 from raysplit.runtime import dead_hosts
-from raysplit.topology import INPUT, ComposedNet, Topology, build_topology
+from raysplit.topology import CLIENT, INPUT, ComposedNet, Topology, build_topology
 
 log = logging.getLogger("raysplit")
 
@@ -103,6 +103,10 @@ def check_algorithm(cfg: ExperimentConfig, topology: Topology) -> None:
         able = [n for n in ALGORITHMS.names() if _unsupported(ALGORITHMS.get(n), topology) is None]
         raise ConfigError("algorithm", cfg.algorithm, f"an algorithm that can train topology {cfg.topology}: "
                           f"{', '.join(able) or 'none registered'} ({cfg.algorithm} {why})")
+    if cfg.algorithm == "splitnn" and cfg.handoff == "server" and CLIENT in topology.roles \
+            and "server" not in topology.roles:
+        raise ConfigError("handoff", cfg.handoff, f"peer: topology {cfg.topology} has no party named server to "
+                          f"relay the hand-offs (its parties: {', '.join(topology.roles)})")
 
 
 def _first_line(e: BaseException) -> str:

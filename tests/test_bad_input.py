@@ -541,6 +541,8 @@ def wide_net(input_shape, num_classes):
      r"model.name: .*head s1 \(task y\) gives a score for each of the 4 classes"),
     (["model.name=mlp", "model.cut_layers=[flatten]"], r"model.cut_layers: \['flatten'\] .*segment s0, held by client, would hold only flatten"),
     (["topology=multi_hop", "model.cut_layers=[pool1, relu2, pool2]"], r"segment s2, held by hop2, would hold only pool2"),
+    (["topology=extended", "parties=[client, relay, cloud]", "model.cut_layers=[pool1, relu3]", "handoff=server"],
+     r"handoff: 'server' .*peer: topology extended has no party named server .*client, relay, cloud"),
 ])
 def test_user_data_and_models_that_cannot_train(tmp_path, capsys, sets, pattern):
     base = tmp_path / "base.yaml"

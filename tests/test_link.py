@@ -92,11 +92,13 @@ def test_link_and_ray_transports_compute_and_record_the_same(ray_session, sets):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_rounds_over_links_hand_on_from_host_to_host_as_the_driver_would(ray_session, monkeypatch):
+@pytest.mark.parametrize("handoff", ["peer", "server"])
+def test_rounds_over_links_hand_on_from_host_to_host_as_the_driver_would(ray_session, monkeypatch, handoff):
     """Three worker hosts, seven clients in a shuffled order, two rounds: over links, a call per host per round
-    and the hand-offs straight from host to host (link.Mesh); bitwise what a call per run gives (ray)."""
+    and the hand-offs straight from host to host (link.Mesh), or relayed by the server over the hosts' links;
+    bitwise what a call per run gives (ray)."""
     sets = ("topology=u_shaped", "model.cut_layers=[pool1, relu3]", "data.num_clients=7", "runtime.workers=3", "training.client_order=shuffled",
-            "training.optimizer=adam", "training.lr=0.01")
+            "training.optimizer=adam", "training.lr=0.01", f"handoff={handoff}")
     rounds = []
     over_links = SplitNN._round_over_links
     monkeypatch.setattr(SplitNN, "_round_over_links", lambda self, *a: rounds.append(a) or over_links(self, *a))

@@ -2,7 +2,8 @@
 
 Driver: ``SplitNN`` submits the round's turns in order, a call per run of consecutive clients on one host,
 passing the hand-off (an ObjectRef) from call to call, peer-to-peer or through the server; over links (the
-default, peer hand-offs), one call per worker host, which hand on to each other directly (``link.Mesh``).
+default), one call per worker host, which hand on to each other directly (``link.Mesh``), through the server
+over their links when hand-offs go through it.
 Program: ``SequentialTurns``, on every host.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from raysplit.algorithms.base import (Plan, TrainStats, compose, drain_hosts, ga
                                       load_host_states)
 from raysplit.data import batches
 from raysplit.engine import SEGMENTS, SegmentServer, party_id
-from raysplit.link import Mesh
+from raysplit.link import Mesh, resolve
 from raysplit.runtime import Hosts, connect, shared_training_set, start_hosts, stop_hosts
 from raysplit.schedule import client_order
 from raysplit.topology import CLIENT, ComposedNet
@@ -31,9 +32,9 @@ class SequentialTurns(SegmentServer):
     server: relay a hand-off; on every host: serve its segments. ``transport``: "link" runs a call's turns over
     direct links to the peers (raysplit/link.py), "ray" calls them through Ray at every step."""
 
-    def __init__(self, host, modules, transport: str = "ray"):
+    def __init__(self, host, modules, transport: str = "ray", handoff: str = "peer"):
         super().__init__(host, modules)
-        self.transport = transport
+        self.transport, self.handoff = transport, handoff
         self.mesh: Mesh | None = None
 
     def client_state(self) -> dict:
@@ -79,13 +80,23 @@ class SequentialTurns(SegmentServer):
         return payload, stats.as_lists()
 
     def _turns(self, clients: list[int], round_: int, payload: dict | None, last_next: str | None,
-               stats: TrainStats) -> dict:
+               stats: TrainStats, relay: bool = False) -> dict:
+        """``relay``: each hand-off goes to the server, which passes it on (``handoff: server`` over links;
+        with Ray calls the driver asks the server to relay)."""
         has_clients = CLIENT in self.host.topo.roles   # vertical: nothing to hand on
         for i, k in enumerate(clients):
             nxt = last_next if i + 1 == len(clients) else party_id(CLIENT, clients[i + 1]) if has_clients else None
-            payload, st = self.train_turn(k, round_, payload, nxt)
+            payload, st = self.train_turn(k, round_, payload, "server" if relay and nxt else nxt)
+            if relay and nxt:
+                payload = self._relay(payload, nxt, round_)
             stats.add(st)
         return payload
+
+    def _relay(self, payload: dict, dst: str, round_: int) -> dict:
+        server = self.engine.links.get("server")
+        if server is not None:
+            return resolve(server.submit(SEGMENTS, "relay", 1, payload, dst, round_))
+        return ray.get(self.host.peers["server"].call.remote(SEGMENTS, "relay", payload, dst, round_))
 
     # a round over links: one call per worker host, hand-offs straight from host to host (link.Mesh)
 
@@ -108,7 +119,7 @@ class SequentialTurns(SegmentServer):
                 if i > 0:
                     payload = self.mesh.recv(hosts[i - 1])
                 nxt = party_id(CLIENT, runs[i + 1][0]) if i + 1 < len(runs) else last_next
-                payload = self._turns(runs[i], round_, payload, nxt, stats)
+                payload = self._turns(runs[i], round_, payload, nxt, stats, relay=self.handoff == "server")
                 if i + 1 < len(runs):
                     self.mesh.send(hosts[i + 1], payload)
         return (payload if hosts[-1] == me else None), stats.as_lists()
@@ -129,14 +140,14 @@ class SplitNN:
         self.state_ref = None
         connect(self.cfg.runtime.address)
         cfg = self.cfg
-        over_links = cfg.runtime.step_transport == "link" and cfg.handoff == "peer" and CLIENT in p.topology.roles
+        over_links = cfg.runtime.step_transport == "link" and CLIENT in p.topology.roles
         # over links, each worker host holds a link to the server for the whole round: the server serves them
         # in threads of its own (one run of turns at a time, as the turns are sequential)
         options = {"max_concurrency": cfg.runtime.workers + 2} if over_links else None
         self.hosts = start_hosts(cfg, p.topology, p.modules, *shared_training_set(p.dataset),
                                  p.client_indices, self.capture, p.holder_ids, role_options=options, plugins=p.plugins)
         install(self.hosts, SEGMENTS, dict.fromkeys(self.hosts.all, SequentialTurns), self.hosts.modules,
-                cfg.runtime.step_transport)
+                cfg.runtime.step_transport, cfg.handoff)
         self.order = client_order(cfg, 0)
         self.over_links = over_links and self._join_mesh()
 
@@ -193,10 +204,12 @@ class SplitNN:
 
     def _runs(self, order: list[int]) -> list[list[int]]:
         """The round's turns as calls: consecutive clients on one host share a call when hand-offs go peer to
-        peer (through the server, each hand-off is a call of the server's)."""
+        peer or the host relays them through the server over its link (with Ray calls and hand-offs through
+        the server, each hand-off is a driver's call of the server's)."""
         runs: list[list[int]] = []
         for k in order:
-            if runs and self.cfg.handoff == "peer" and self.hosts.client_host[k] is self.hosts.client_host[runs[-1][-1]]:
+            if runs and (self.cfg.handoff == "peer" or self.over_links) and \
+                    self.hosts.client_host[k] is self.hosts.client_host[runs[-1][-1]]:
                 runs[-1].append(k)
             else:
                 runs.append([k])

@@ -85,9 +85,9 @@ class WholeModelClient(WholeModelProgram):
 
     def train_clients(self, clients: list[int], round_: int, weights: dict):
         """FedAvg clients hosted here, one after another in one call (a streaming generator): yields each
-        client's upload as soon as it is done, so the server folds them in while the next trains and no more
-        than one upload per worker waits in the object store; then the clients' train stats, in one list
-        (one object per client, not two: each yield is a Ray object, ~1.5 % of a small client's turn)."""
+        client's upload as soon as it is done, so the server folds them in while the next trains (an upload
+        waits in the object store until the driver, going in client order, passes it on); then the clients'
+        train stats, in one list (one object per client, not two: each yield is a Ray object)."""
         stats = []
         for k in clients:
             upload, st = self.local_train(k, round_, weights)
