@@ -98,7 +98,7 @@ def experiment(clients: int, schedule: str, args) -> config.ExperimentConfig:
         "runtime": {"workers": args.workers, "worker": {"num_cpus": 0.5}, "server": {"num_cpus": 0.5},
                     "eval_every": args.rounds + 1},
     }
-    return config.from_dict(raw, SCHEDULES[schedule])
+    return config.from_dict(raw, [*SCHEDULES[schedule], *args.set])
 
 
 def reference_round_seconds(plan, threads: int) -> float:
@@ -173,6 +173,8 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--reference-repeats", type=int, default=3)
     p.add_argument("--no-record", action="store_true", help="print only; leave benchmarks/README.md alone")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every schedule, e.g. handoff=server (repeatable)")
     args = p.parse_args(argv)
 
     started, load0 = datetime.now(), os.getloadavg()
