@@ -278,8 +278,11 @@ class SplitFed(SplitNN):
         # v2's server-side hosts let a later step's call wait (in a thread) for its turn; over links, each
         # worker's link is served in a thread of its own for the whole call
         self.over_links = cfg.runtime.step_transport == "link"
-        threads = 2 * cfg.runtime.workers + 2 if cfg.splitfed == "v2" else cfg.runtime.workers + 2 if self.over_links else 1
-        options = {"max_concurrency": threads} if threads > 1 else None
+        options = None
+        if cfg.splitfed == "v2":
+            options = {"max_concurrency": 2 * cfg.runtime.workers + 2}
+        elif self.over_links:
+            options = {"max_concurrency": cfg.runtime.workers + 2}
         point = self.averaging_point
         fed_server = {FED_SERVER: FED_SERVER_RESOURCES} if point == FED_SERVER else None
         self.hosts = start_hosts(cfg, p.topology, p.modules, *shared_training_set(p.dataset),
