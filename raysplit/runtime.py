@@ -27,6 +27,7 @@ from raysplit import console, registry
 from raysplit.config import ExperimentConfig, Resources
 from raysplit.errors import ConfigError
 from raysplit.host import RemotePartyHost
+from raysplit.link import LinkBroken
 from raysplit.topology import CLIENT, INPUT, Topology
 
 log = logging.getLogger("raysplit")
@@ -48,11 +49,32 @@ def keep_signal_handlers():
 
 def connect(address: str | None) -> None:
     """Start a local Ray, or attach to a running cluster. A no-op when Ray is already up (tests)."""
+    quiet_lost_party_errors()
     if ray.is_initialized():
         return
     with keep_signal_handlers():
         _init(address)
     log.info("Ray: %s", {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")})
+
+
+def quiet_lost_party_errors() -> None:
+    """Ray logs an error for each dropped ObjectRef that holds one, whenever the garbage collector frees it.
+    After a party host dies, the failed round's calls that waited on it are such refs: raysplit has named the
+    lost party itself (the recovery warning, or PartyLost's one line), so these would only be a stack of noise,
+    possibly in a later run. Every other unhandled error is still logged. (A call whose argument a dead host
+    owed is a RayActorError too; a host whose link's other end died fails with LinkBroken.)"""
+    import ray._private.worker as worker     # the hook Ray calls; its tests replace it the same way
+
+    report = worker._unhandled_error_handler
+    if getattr(report, "keeps_lost_parties_quiet", False):
+        return
+
+    def handler(error: Exception) -> None:
+        lost = (ray.exceptions.RayActorError, LinkBroken)
+        if not (isinstance(error, lost) or isinstance(getattr(error, "cause", None), lost)):
+            report(error)
+    handler.keeps_lost_parties_quiet = True           # type: ignore[attr-defined]
+    worker._unhandled_error_handler = handler
 
 
 def _init(address: str | None) -> None:
