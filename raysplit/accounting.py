@@ -189,12 +189,16 @@ def count_flops(module: torch.nn.Module, inputs: Sequence[torch.Tensor], input_g
     grads = [input_grad] * len(inputs) if isinstance(input_grad, bool) else list(input_grad)
     xs = [torch.zeros(t.shape, dtype=t.dtype, device=t.device).requires_grad_(g and t.is_floating_point())
           for t, g in zip(inputs, grads)]
-    with FlopCounterMode(display=False) as fwd:
-        out = probe(*xs)
-    outs = [o for o in tensors_in(out) if o.requires_grad]
-    with FlopCounterMode(display=False) as bwd:
-        if outs:
-            torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+    # the probe's random draws (dropout) come from a forked stream: counting happens on a host's first step of
+    # a shape, so drawing from the real one would make the run's randomness depend on the hosting
+    cuda = sorted({t.device.index or 0 for t in inputs if t.is_cuda})
+    with torch.random.fork_rng(devices=cuda):
+        with FlopCounterMode(display=False) as fwd:
+            out = probe(*xs)
+        outs = [o for o in tensors_in(out) if o.requires_grad]
+        with FlopCounterMode(display=False) as bwd:
+            if outs:
+                torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
     return int(fwd.get_total_flops()), int(bwd.get_total_flops())
 
 
