@@ -4,13 +4,16 @@ Client actor: FmnistCNN up to pool2, forward, one actor call to the server carry
 labels), backward with the returned gradient, step. Server actor: the rest of the network, forward, loss,
 backward, step, returns the cut gradient. Both one torch thread. Reference: the whole network in this
 process, one thread, same batches. No ledger, no meter, no programs: what is left is Ray's round trip.
+``--transport socket``: the same steps over one TCP connection between the two actors (raysplit.link's framing,
+no Ray call per step), the server's actor thread serving it: what is left is the hand-over between two processes.
 
-    python benchmarks/bench_pair.py [--repeats 3] [--inline-mb 1]
+    python benchmarks/bench_pair.py [--repeats 3] [--inline-mb 1] [--transport ray|socket]
 """
 from __future__ import annotations
 
 import argparse
 import os
+import socket
 import time
 
 import numpy as np
@@ -19,6 +22,7 @@ import torch
 from torch import nn
 
 from raysplit.host import configure_torch
+from raysplit.link import _recv, _send, _tune
 from raysplit.models import fmnist_cnn
 
 CUT = 6          # FmnistCNN layers before the cut (conv1..pool2)
@@ -40,6 +44,18 @@ class Server:
         self.opt.step()
         return a.grad.numpy()
 
+    def listen(self) -> tuple:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        return self.listener.getsockname()
+
+    def serve(self) -> None:
+        """Steps over the socket until the client sends None."""
+        sock, _ = self.listener.accept()
+        _tune(sock)
+        with sock:
+            while (msg := _recv(sock)) is not None:
+                _send(sock, self.step(*msg))
+
 
 @ray.remote(num_cpus=1)
 class Client:
@@ -48,13 +64,26 @@ class Client:
         torch.manual_seed(0)
         self.net = fmnist_cnn()[:CUT]
         self.opt = torch.optim.SGD(self.net.parameters(), lr=0.05, momentum=0.9)
-        self.server, self.x, self.y = server, x, y
+        self.server, self.x, self.y, self.sock = server, x, y, None
+
+    def connect(self, address: tuple) -> None:
+        self.sock = socket.create_connection(address)
+        _tune(self.sock)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            _send(self.sock, None)
+            self.sock.close()
 
     def round(self, steps: int, b: int = 64) -> None:
         for i in range(steps):
             rows = slice(i * b, (i + 1) * b)
             out = self.net(torch.from_numpy(self.x[rows]))
-            g = ray.get(self.server.step.remote(out.detach().numpy(), self.y[rows]))
+            if self.sock is None:
+                g = ray.get(self.server.step.remote(out.detach().numpy(), self.y[rows]))
+            else:
+                _send(self.sock, (out.detach().numpy(), self.y[rows]))
+                g = _recv(self.sock)
             self.opt.zero_grad()
             out.backward(torch.from_numpy(g.copy()))
             self.opt.step()
@@ -77,6 +106,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--inline-mb", type=float, default=0, help="Ray's max_direct_call_object_size in MB (0: default)")
+    ap.add_argument("--transport", default="ray", choices=["ray", "socket"], help="a Ray call per step, or a socket")
     args = ap.parse_args()
     configure_torch(1, True)
     os.environ.setdefault("RAY_worker_niceness", "0")
@@ -85,7 +115,12 @@ def main() -> None:
     rng = np.random.default_rng(0)
     n = args.steps * 64
     x, y = rng.random((n, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, n)
-    client = Client.remote(Server.remote(), x, y)
+    server = Server.remote()
+    client = Client.remote(server, x, y)
+    if args.transport == "socket":
+        address = ray.get(server.listen.remote())
+        serving = server.serve.remote()     # the server's actor thread, until the client's close
+        ray.get(client.connect.remote(address))
     ray.get(client.round.remote(20))
     reference(x, y, 20)
     ratios = []
@@ -97,6 +132,9 @@ def main() -> None:
         t2 = time.perf_counter()
         ratios.append((t1 - t0) / (t2 - t1))
         print(f"pair {t1 - t0:.2f}s  reference {t2 - t1:.2f}s  ratio {ratios[-1]:.3f}", flush=True)
+    ray.get(client.close.remote())
+    if args.transport == "socket":
+        ray.get(serving)
     print(f"median ratio {sorted(ratios)[len(ratios) // 2]:.3f}; load average {os.getloadavg()[0]:.1f}")
 
 

@@ -36,7 +36,6 @@ import threading
 from contextlib import contextmanager, nullcontext
 
 import ray
-import torch
 
 from raysplit.algorithms.base import (Plan, TrainStats, clients_by_host, compose, gather_stats, install,
                                       next_item)
@@ -96,7 +95,7 @@ class SplitFedWorker(SegmentServer):
                            [idx for e in range(epochs) for idx in
                             batches(h.client_indices[k], size, h.seed, round_ * epochs + e, k)])
             store, steps = live[k]
-            torch.manual_seed(hash((h.seed, round_, k, j)) % 2**31)   # hosting-independent randomness
+            h.seed_torch(round_, k, j)
             stats.add(self.engine.step(store, k, (round_, step), steps[j]))
             if j == last[k]:
                 h.ledger.round, h.ledger.step = round_, step

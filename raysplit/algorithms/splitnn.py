@@ -12,7 +12,6 @@ import logging
 from contextlib import nullcontext
 
 import ray
-import torch
 
 from raysplit.accounting import receive
 from raysplit.algorithms.base import (Plan, TrainStats, compose, drain_hosts, gather_stats, host_states, install,
@@ -59,7 +58,7 @@ class SequentialTurns(SegmentServer):
         me = party_id(h.topo.segments[0].owner, client)
         if payload is not None:
             self.store.load(h.receive(payload))
-        torch.manual_seed(hash((h.seed, round_, client)) % 2**31)   # hosting-independent randomness
+        h.seed_torch(round_, client)
         stats, step = TrainStats(), 0
         epochs = training.local_epochs
         for e in range(epochs):

@@ -71,7 +71,7 @@ class WholeModelClient(WholeModelProgram):
         h.ledger.round, h.ledger.step = round_, 0
         self.whole.load_state_dict(h.receive(weights))
         optim = make_optimizer(self.whole.parameters(), training)
-        torch.manual_seed(hash((h.seed, round_, client)) % 2**31)   # hosting-independent randomness
+        h.seed_torch(round_, client)
         stats = TrainStats()
         epochs = training.local_epochs
         for e in range(epochs):
@@ -116,7 +116,7 @@ class WholeModelClient(WholeModelProgram):
             idx = self._batch(k, epoch_seed, step)
             self.whole.load_state_dict(weights)           # each client starts from the global weights
             self.whole.zero_grad(set_to_none=True)
-            torch.manual_seed(hash((h.seed, *clock, k)) % 2**31)
+            h.seed_torch(*clock, k)
             stats.add(self._forward_backward(me, idx))
             grads = {n: p.grad.detach().clone() for n, p in self.whole.named_parameters() if p.grad is not None}
             upload = {"samples": len(idx), "gradient": h.ledger.send(me, SERVER, "gradient_update", grads)}
