@@ -216,9 +216,14 @@ class SplitEngine:
         """Run a segment method here (on ``store``) if this host holds the role, else on the host that does."""
         if role in self.host.roles:
             return getattr(self, method)(store, *args)
+        return self.call_peer(role, "seg_" + method, num_returns, *args)
+
+    def call_peer(self, role: str, method: str, num_returns: int, *args):
+        """A program method on the peer host of ``role``: over its link while one is open (a Pending), else a
+        Ray call (ObjectRefs)."""
         if role in self.links:
-            return self.links[role].submit(SEGMENTS, "seg_" + method, num_returns, *args)
-        return self.host.peers[role].call.options(num_returns=num_returns).remote(SEGMENTS, "seg_" + method, *args)
+            return self.links[role].submit(SEGMENTS, method, num_returns, *args)
+        return self.host.peers[role].call.options(num_returns=num_returns).remote(SEGMENTS, method, *args)
 
     @staticmethod
     def _local(values, here: bool):

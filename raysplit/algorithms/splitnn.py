@@ -92,10 +92,8 @@ class SequentialTurns(SegmentServer):
         return payload
 
     def _relay(self, payload: dict, dst: str, round_: int) -> dict:
-        server = self.engine.links.get("server")
-        if server is not None:
-            return resolve(server.submit(SEGMENTS, "relay", 1, payload, dst, round_))
-        return ray.get(self.host.peers["server"].call.remote(SEGMENTS, "relay", payload, dst, round_))
+        reply = self.engine.call_peer("server", "relay", 1, payload, dst, round_)
+        return ray.get(reply) if isinstance(reply, ray.ObjectRef) else resolve(reply)
 
     # a round over links: one call per worker host, hand-offs straight from host to host (link.Mesh)
 
