@@ -33,10 +33,10 @@ def _version() -> str:
 
 def load_config(path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
     """Read an experiment YAML; ``overrides`` as on the command line (``"training.lr=0.01"``).
-    A bad field raises ``raysplit.ConfigError`` naming the field, the value and what is allowed."""
-    from raysplit import config
+    A bad field or an unknown name raises ``raysplit.ConfigError`` naming the field, the value and what is allowed."""
+    from raysplit import catalog
 
-    return config.load(path, list(overrides))
+    return catalog.load_config(path, list(overrides))
 
 
 def run(cfg: ExperimentConfig, out_dir=None, progress: bool = True) -> Result:

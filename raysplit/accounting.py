@@ -1,4 +1,4 @@
-"""What each party sends (the ledger) and computes (the FLOP meter).
+"""What each party sends (the ledger), computes (the FLOP meter) and learns (train statistics).
 
 Invariant: every tensor that crosses a party boundary goes through ``Ledger.send``; bandwidth figures
 are sums over ledger entries, never estimates. ``send`` runs the sending party's plug-in transforms first
@@ -228,3 +228,26 @@ class FlopMeter:
     def drain(self) -> dict[tuple[str, str], int]:
         out, self.totals = dict(self.totals), defaultdict(int)
         return out
+
+
+class TrainStats:
+    """{task: [loss sum, correct, samples]} summed over steps, on a party host."""
+
+    def __init__(self):
+        self.totals: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(3))
+
+    def add(self, stats: dict) -> None:
+        for task, v in stats.items():
+            self.totals[task] += v
+
+    def as_lists(self) -> dict:
+        return {t: v.tolist() for t, v in self.totals.items()}
+
+
+def merge_stats(into: dict, stats: dict) -> None:
+    """Add one call's train stats ({task: [loss sum, correct, samples]}) into ``into``."""
+    for task, (loss_sum, correct, n) in stats.items():
+        cell = into.setdefault(task, [0.0, 0, 0])
+        cell[0] += loss_sum
+        cell[1] += correct
+        cell[2] += n

@@ -29,10 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from raysplit.models import eval_mode
+from raysplit.graph import INPUT, eval_mode
 from raysplit.plugins import PLUGINS, Plugin
 from raysplit.privacy import probe_rows
-from raysplit.topology import INPUT
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> float:

@@ -94,6 +94,10 @@ def cmd_sweep(args) -> int:
     failed = int(result.table["error"].notna().sum())
     if failed:
         print(f"{failed} of {len(result.table)} trials failed (see the error column)")
+    if result.has_privacy_measures:          # the privacy study: accuracy against leakage, one point per setting
+        from analysis.privacy_utility import privacy_report
+
+        privacy_report(result.table, result.keys, result.out_dir, title=result.name)
     print(f"results: {result.out_dir}\ntable:   {result.out_dir / 'trials.csv'}\nfigures: {result.out_dir}/*.png")
     return 1 if failed == len(result.table) else 0
 
@@ -127,11 +131,24 @@ def cmd_validate(args) -> int:
     return 2 if bad else 0
 
 
-def _passthrough(module: str, argv: list[str]) -> int:
-    """costs | codecs | plot: their own parsers take every argument, -h included, in any order."""
-    import importlib
+# costs | codecs | plot are analysis's commands: their own parsers take every argument, -h included, in any order
+# (imported when called: `raysplit -h` and the other commands start without matplotlib)
+def cmd_costs(argv: list[str]) -> int:
+    from analysis import costs
 
-    return importlib.import_module(module).main(argv)
+    return costs.main(argv)
+
+
+def cmd_codecs(argv: list[str]) -> int:
+    from analysis import codecs
+
+    return codecs.main(argv)
+
+
+def cmd_plot(argv: list[str]) -> int:
+    from analysis import plots
+
+    return plots.main(argv)
 
 
 def cmd_infer(args) -> int:
@@ -148,7 +165,7 @@ def cmd_infer(args) -> int:
     return 0
 
 
-PASSTHROUGH = {"costs": "analysis.cost_model", "codecs": "analysis.codecs", "plot": "analysis.plots"}
+PASSTHROUGH = {"costs": cmd_costs, "codecs": cmd_codecs, "plot": cmd_plot}
 
 
 def _config_args(p: argparse.ArgumentParser, address: bool = True, optional: bool = False) -> None:
@@ -264,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = _stop_on_signals()
     try:
         if command:
-            return _passthrough(PASSTHROUGH[command], argv[1:])
+            return PASSTHROUGH[command](argv[1:])
         return args.fn(args)
     except RaysplitError as e:
         console.drop_setup()                # the setup that led to the refusal is not worth a line

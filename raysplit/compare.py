@@ -22,8 +22,9 @@ from raysplit import config as config_mod
 from raysplit.config import COMPARE_METHODS, ExperimentConfig, method_config, method_overrides
 from raysplit.data import load_dataset
 from raysplit.errors import ConfigError
-from raysplit.experiment import _check_free, default_output_dir, prepare, run
+from raysplit.experiment import prepare, run
 from raysplit.network import resolve
+from raysplit.results import check_free, default_output_dir
 
 log = logging.getLogger("raysplit")
 
@@ -51,7 +52,7 @@ def compare(cfg: ExperimentConfig, out_dir: str | Path | None = None, progress: 
                 raise ConfigError(f"compare.{method}.{e.field}", e.value, e.allowed) from None
             raise
     out = Path(out_dir or cfg.output_dir or default_output_dir(cfg))
-    _check_free(out)
+    check_free(out)
     tmp = out.parent / f".{out.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -1,9 +1,9 @@
-"""Experiment config: YAML -> typed, validated dataclasses.
+"""Experiment config: YAML (and ``--set`` overrides) -> the typed dataclasses of config_schema.py, validated.
 
-Each field's type and constraint live next to it (``field(metadata=...)``) and one generic loader checks
-them all, so a bad value always produces the same kind of one-line error naming the field, the value and
-what is allowed. Names of models, datasets, topologies, algorithms, plug-ins and codecs are checked against
-their registries (``raysplit/registry.py``), so a user's own, imported with ``imports:``, is allowed too.
+One generic loader checks every field's type and constraint, then the cross-field rules that need no data,
+model or registry; a bad value is a one-line ``ConfigError`` naming the field, the value and what is allowed.
+Registered names (models, data sets, topologies, algorithms, plug-ins, codecs) are checked a floor above, by
+the composition root (catalog.py), when a run is prepared. The schema's classes are importable from here too.
 """
 from __future__ import annotations
 
@@ -11,261 +11,19 @@ import dataclasses
 import math
 import re
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 import yaml
 
+from raysplit.config_schema import (  # noqa: F401 (the schema is public here: raysplit.config.ExperimentConfig, ...)
+    AttacksConfig, bounded, CHAINS, COMPARE_METHODS, CompareConfig, CompressionConfig, DataConfig, ExperimentConfig,
+    HolderConfig, HubLinkConfig, LinkConfig, MAX_CLASSES, MAX_SAMPLES, MAX_VALUES, ModelConfig, MultiTaskConfig,
+    NetworkConfig, PARTY_NAME, PerClientConfig, PrivacyConfig, RAY_ADDRESS, Resources, RuntimeConfig, SEED_LIMIT,
+    SHARED_BY_METHODS, SweepConfig, TrainingConfig, VerticalConfig,
+)
 from raysplit.errors import ConfigError
-from raysplit.registry import add_search_path, import_modules
-
-
-def _rule(allowed: str | None = None, check=None, **kw):
-    return field(metadata={"allowed": allowed, "check": check}, **kw)
-
-
-positive = dict(check=lambda v: v > 0, allowed="a number > 0")
-non_negative = dict(check=lambda v: v >= 0, allowed="a number >= 0")
-fraction = dict(check=lambda v: 0 < v <= 1, allowed="a number in (0, 1]")
-
-
-def bounded(low: int, high: int) -> dict:
-    """An integer in [low, high]: sizes past ``high`` could never be allocated (or never finish)."""
-    return dict(check=lambda v: low <= v <= high, allowed=f"an integer in {low}..{high:,}")
-
-
-# sizes: large enough for any experiment this simulator can hold in memory, small enough to refuse typos
-MAX_SAMPLES = 10_000_000          # synthetic samples (and the largest useful batch)
-MAX_CLASSES = 100_000
-MAX_VALUES = 2 ** 28              # synthetic data set values in all (1 GiB of float32)
-SEED_LIMIT = 2 ** 32 - 1          # numpy and torch seeds
-
-
-@dataclass
-class DataConfig:
-    dataset: str = "fashion_mnist"        # a registered dataset (data.py: DATASETS) or package.module:loader
-    root: Optional[str] = None            # where datasets live; default ~/.cache/raysplit/data
-    num_clients: int = _rule(default=10, **bounded(1, MAX_SAMPLES))
-    partition: Literal["iid", "dirichlet", "shards"] = "iid"
-    alpha: float = _rule(default=0.5, **positive)          # Dirichlet concentration (label skew)
-    shards_per_client: int = _rule(default=2, **positive)
-    train_samples: Optional[int] = _rule(default=None, **positive)  # use a subset of the training set
-    test_samples: Optional[int] = _rule(default=None, **positive)
-    # keep only these classes, relabelled 0..k-1 in this order (e.g. [0, 6]: a binary task, for label inference)
-    classes: Optional[list[int]] = None
-    synthetic_samples: int = _rule(default=2048, **bounded(1, MAX_SAMPLES))
-    synthetic_shape: list[int] = field(default_factory=lambda: [1, 8, 8])
-    synthetic_classes: int = _rule(default=4, **bounded(1, MAX_CLASSES))
-    medmnist_file: Optional[str] = None   # path to a MedMNIST .npz
-
-
-@dataclass
-class ModelConfig:
-    name: str = "fmnist_cnn"              # a registered model (models.py: MODELS) or package.module:builder
-    cut_layers: list[Union[str, int]] = field(default_factory=lambda: ["pool2"])
-
-
-@dataclass
-class TrainingConfig:
-    rounds: int = _rule(default=3, **positive)
-    local_epochs: int = _rule(default=1, **positive)
-    batch_size: int = _rule(default=64, **bounded(1, MAX_SAMPLES))
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = _rule(default=0.05, **positive)
-    momentum: float = _rule(default=0.9, **non_negative)
-    weight_decay: float = _rule(default=0.0, **non_negative)
-    client_order: Literal["fixed", "shuffled"] = "fixed"
-    # parallel schedules (SplitFed, FedAvg): the clients taking part in a round, sampled from the seed each round
-    participation: float = _rule(default=1.0, **fraction)                 # a fraction of the clients...
-    clients_per_round: Optional[int] = _rule(default=None, **positive)    # ...or a count (takes precedence)
-    # SplitFed: the party averaging the client-side weights: a party of its own (the SplitFed paper's fed
-    # server), or the main server (which then receives every client's client-side weights)
-    averaging_point: Literal["fed_server", "server"] = "fed_server"
-
-
-@dataclass
-class Resources:
-    num_cpus: float = _rule(default=1.0, **non_negative)
-    num_gpus: float = _rule(default=0.0, **non_negative)
-    torch_threads: Optional[int] = _rule(default=None, **bounded(1, 1024))  # default: max(1, num_cpus)
-    # custom Ray resources a node must offer, e.g. {node_a: 1} (declared with `ray start --resources`)
-    resources: dict[str, float] = _rule(
-        default_factory=dict, allowed="a mapping of custom resource name to a number >= 0 (not CPU, GPU or memory)",
-        check=lambda d: all(v >= 0 and k not in ("CPU", "GPU", "memory", "object_store_memory") for k, v in d.items()))
-
-
-@dataclass
-class RuntimeConfig:
-    address: Optional[str] = None         # None: start a local Ray; "auto" or ray://host:port: attach
-    workers: int = _rule(default=1, **bounded(1, 10_000))   # worker actors hosting the virtual clients
-    worker: Resources = field(default_factory=Resources)
-    server: Resources = field(default_factory=Resources)
-    eval_every: int = _rule(default=1, **positive)
-    # place all party hosts in one Ray placement group with this strategy (null: no placement group)
-    placement: Optional[Literal["PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"]] = None
-    deterministic: bool = True            # torch.use_deterministic_algorithms in every party
-    # how a sequential SplitNN step's calls travel: "link", a direct connection per run of turns (raysplit/
-    # link.py; falls back to Ray where a peer cannot connect), or "ray", one Ray actor call per segment call
-    step_transport: Literal["link", "ray"] = "link"
-    # the experiment's complete state every K rounds (and after the last), for --resume and recovery
-    checkpoint_every: int = _rule(default=1, **positive)
-    keep_checkpoints: int = _rule(default=2, **positive)
-    checkpoint_dir: Optional[str] = None  # default <results>/checkpoints; a shared path on a cluster
-    max_failures: int = _rule(default=3, **non_negative)   # party hosts lost (and recovered) before the run stops
-
-
-PARTY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-RAY_ADDRESS = re.compile(r"^(auto|(ray://)?[A-Za-z0-9_.\-\[\]:]+:[0-9]{1,5})$", re.ASCII)
-CHAINS = ("vanilla", "u_shaped", "extended", "multi_hop")
-
-
-@dataclass
-class HolderConfig:
-    """One data holder of a vertically partitioned data set: which features of every sample it holds."""
-    name: Optional[str] = None            # party name; default holder<i>
-    rows: Optional[list[int]] = None      # [start, stop): the image rows it holds (images only)
-    columns: Optional[list[int]] = None   # [start, stop): the feature columns (tabular) or image columns it holds
-    sample_ids: Optional[str] = None      # file of the training-sample ids it holds, one per line; default all
-
-
-@dataclass
-class VerticalConfig:
-    holders: list[HolderConfig] = field(default_factory=list)   # two or more
-    combine: Literal["concat", "sum", "mean"] = "concat"         # how the server joins the holders' cut outputs
-    label_holder: str = "server"          # "server" (the active party) or a holder's name
-
-
-@dataclass
-class MultiTaskConfig:
-    groups: Optional[list[int]] = None    # class -> coarse group (the second task); default per data set
-    group_owner: str = "server"           # the party holding the group head: the server or a party of its own
-
-
-COMPARE_METHODS = ("splitnn", "fedavg", "large_batch_sgd")
-# what a per-method override may not change: the methods are compared on the same data, partition, model, seed
-SHARED_BY_METHODS = ("algorithm", "compare", "name", "output_dir", "seed", "data", "model.name", "network")
-
-
-@dataclass
-class CompareConfig:
-    """``raysplit compare``: per-method overrides ({dotted key: value}) applied on top of the shared config,
-    e.g. ``fedavg: {training.lr: 0.1}``. Ignored by ``raysplit run``."""
-    splitnn: dict = field(default_factory=dict)
-    fedavg: dict = field(default_factory=dict)
-    large_batch_sgd: dict = field(default_factory=dict)
-
-
-@dataclass
-class SweepConfig:
-    """``raysplit sweep``: the settings to run, in the config (beside ``--grid`` on the command line, which
-    wins for a field named in both). Every combination of ``grid``, then every one of ``points``; a field a
-    point leaves out keeps the config's value. Ignored by ``raysplit run``."""
-    grid: dict = _rule(default_factory=dict, allowed="a mapping of a field to a non-empty list of its values, "
-                       "e.g. {privacy.nopeek: [0, 1]}", check=lambda d: all(isinstance(v, list) and v for v in d.values()))
-    points: list[dict] = field(default_factory=list)  # settings one by one, e.g. [{privacy.activation_noise: 0.5}]
-
-
-@dataclass
-class CompressionConfig:
-    """Codecs for what crosses a cut (compression.py: CODECS; null: sent as it is)."""
-    activation: Optional[str] = None      # identity, float16, int8, topk, or a registered codec
-    gradient: Optional[str] = None
-    topk_ratio: float = _rule(default=0.1, **fraction)   # topk: the share of values kept
-
-
-@dataclass
-class PrivacyConfig:
-    """Defences and leakage measures (privacy.py), as plug-ins; 0 / null: off."""
-    nopeek: float = _rule(default=0.0, **non_negative)            # alpha: the data holder adds alpha * DCOR(X, Z)
-    activation_noise: float = _rule(default=0.0, **non_negative)  # sigma of Gaussian noise on cut activations
-    gradient_noise: float = _rule(default=0.0, **non_negative)    # ... and on cut gradients
-    clip: Optional[float] = _rule(default=None, **positive)       # clip each sample's row to this L2 norm first
-    leakage_probe: int = _rule(default=0, **non_negative)         # DCOR(X, Z) each evaluated round on this many samples
-    label_epsilon: Optional[float] = _rule(default=None, **positive)  # labels sent to the server: randomized response
-
-
-@dataclass
-class AttacksConfig:
-    """Attacks on what crosses the cut (attacks.py), reported in metrics.csv and as pictures."""
-    model_inversion: bool = False         # the server reconstructs client inputs from their cut activations
-    aux_samples: int = _rule(default=1024, **positive)   # the attacker's auxiliary training samples
-    targets: int = _rule(default=8, **positive)          # held-out client samples it reconstructs (the grid)
-    decoder_epochs: int = _rule(default=10, **positive)
-    label_inference: bool = False         # a party without labels infers them from the gradients it receives
-    probe: int = _rule(default=256, **positive)          # label inference: training samples scored
-    positive_class: int = _rule(default=0, **non_negative)
-
-
-@dataclass
-class LinkConfig:
-    """One party's access link and compute speed (network.py prices the ledger and FLOP tables with them).
-    A message's latency is the sum of its two ends' latency_ms; its transfer runs at the slower of the
-    sender's up_mbps and the receiver's down_mbps."""
-    up_mbps: float = _rule(default=20.0, **positive)        # Mbit/s the party can send
-    down_mbps: float = _rule(default=100.0, **positive)     # Mbit/s it can receive
-    latency_ms: float = _rule(default=50.0, **non_negative)  # one-way delay of its access link
-    # FLOP/s of the party; null: measured once on this machine (network.machine_flops) and written into
-    # the run's config.yaml, so its simulated times can be recomputed from its results directory
-    flops_per_s: Optional[float] = _rule(default=None, **positive)
-
-
-@dataclass
-class HubLinkConfig(LinkConfig):
-    """The server's (and any other party's) link: a data centre's, unless set."""
-    up_mbps: float = _rule(default=1000.0, **positive)
-    down_mbps: float = _rule(default=1000.0, **positive)
-    latency_ms: float = _rule(default=0.0, **non_negative)
-
-
-@dataclass
-class PerClientConfig:
-    """Per-client overrides of network.client: a list of data.num_clients values each (null: all alike)."""
-    up_mbps: Optional[list[float]] = None
-    down_mbps: Optional[list[float]] = None
-    latency_ms: Optional[list[float]] = None
-    flops_per_s: Optional[list[float]] = None
-
-
-@dataclass
-class NetworkConfig:
-    """The simulated network (network.py): every data holder on a "clinic" link by default (20 Mbit/s up,
-    100 down, 50 ms to the server), the server in a data centre (1 Gbit/s both ways, 0 ms)."""
-    client: LinkConfig = field(default_factory=LinkConfig)       # every data holder (client/k, vertical holders)
-    server: HubLinkConfig = field(default_factory=HubLinkConfig)   # the server (also the averaging point)
-    others: HubLinkConfig = field(default_factory=HubLinkConfig)   # any other party: a label holder, further hops
-    per_client: PerClientConfig = field(default_factory=PerClientConfig)
-    # heterogeneous clients: each client's up, down and FLOP/s multiplied by its own lognormal factor
-    # exp(spread * N(0, 1)) (median 1), drawn from the experiment's seed; 0: all alike
-    spread: float = _rule(default=0.0, **non_negative)
-
-
-@dataclass
-class ExperimentConfig:
-    name: str = "experiment"
-    seed: int = _rule(default=0, **bounded(0, SEED_LIMIT))
-    imports: list[str] = field(default_factory=list)    # the user's modules that register models, plug-ins, ...
-    algorithm: str = "splitnn"            # a registered algorithm (algorithms/__init__.py: ALGORITHMS)
-    topology: str = "vanilla"             # a registered topology (topology.py: TOPOLOGIES)
-    parties: Optional[list[str]] = None   # chains: who holds each segment, in order; default per topology
-    schedule: Literal["sequential", "parallel"] = "sequential"
-    handoff: Literal["peer", "server"] = "peer"
-    splitfed: Literal["v1", "v2"] = "v1"   # parallel schedule: v1 server copy per client, v2 one server model
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    vertical: VerticalConfig = field(default_factory=VerticalConfig)
-    multi_task: MultiTaskConfig = field(default_factory=MultiTaskConfig)
-    compression: CompressionConfig = field(default_factory=CompressionConfig)
-    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
-    attacks: AttacksConfig = field(default_factory=AttacksConfig)
-    network: NetworkConfig = field(default_factory=NetworkConfig)
-    # further plug-ins, in order: [{name: a registered plug-in or package.module:Class, <its options>}]
-    plugins: list[dict] = field(default_factory=list)
-    output_dir: Optional[str] = None      # default results/<name>-<timestamp>
-    compare: CompareConfig = field(default_factory=lambda: CompareConfig())
-    sweep: SweepConfig = field(default_factory=lambda: SweepConfig())
+from raysplit.registry import add_search_path
 
 
 # --------------------------------------------------------------------------- loading and validation
@@ -417,29 +175,9 @@ def load(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
     return from_dict(raw, overrides)
 
 
-def check_names(cfg: ExperimentConfig) -> None:
-    """Every name the config uses is registered (after importing the config's ``imports``)."""
-    from raysplit.algorithms import ALGORITHMS
-    from raysplit.compression import CODECS
-    from raysplit.data import DATASETS
-    from raysplit.models import MODELS
-    from raysplit.plugins import build_plugins
-    from raysplit.topology import TOPOLOGIES
-
-    import_modules(cfg.imports)
-    DATASETS.get(cfg.data.dataset, "data.dataset")
-    MODELS.get(cfg.model.name, "model.name")
-    TOPOLOGIES.get(cfg.topology, "topology")
-    ALGORITHMS.get(cfg.algorithm, "algorithm")
-    for kind in ("activation", "gradient"):
-        if getattr(cfg.compression, kind) is not None:
-            CODECS.get(getattr(cfg.compression, kind), f"compression.{kind}")
-    build_plugins(cfg)
-
-
 def validate(cfg: ExperimentConfig) -> None:
-    """Cross-field checks that need no data or model (those are checked when the experiment is prepared)."""
-    check_names(cfg)
+    """Cross-field checks that need no data, model or registry (the names are checked by catalog.check, the data
+    and model when the experiment is prepared)."""
     if cfg.data.dataset == "medmnist" and not cfg.data.medmnist_file:
         raise ConfigError("data.medmnist_file", None, "a path to a MedMNIST .npz file when data.dataset is medmnist")
     shape = cfg.data.synthetic_shape

@@ -26,8 +26,7 @@ from torch import nn
 
 from raysplit.config import TrainingConfig
 from raysplit.link import Link, close_links, open_links, resolve
-from raysplit.models import eval_mode
-from raysplit.topology import CLIENT, INPUT, Segment
+from raysplit.graph import CLIENT, INPUT, Segment, eval_mode
 
 SEGMENTS = "segments"      # the key every split algorithm installs its segment-serving program under
 

@@ -1,16 +1,6 @@
-"""One experiment: prepare (validate everything), run the rounds, write the results directory.
+"""One experiment: prepare (validate everything), run the rounds, write the results directory (results.py).
 
-Results directory (pandas reads every table):
-  config.yaml        the resolved config
-  metrics.csv        one row per round: accuracy, loss, FLOPs per role, bytes per link and kind, wall time,
-                     simulated time on the config's network (sim_*: network.py, priced from ledger.csv and flops.csv)
-  ledger.csv         bytes and messages per (round, src, dst, kind) — sums of the ledger (raw_bytes: before codecs)
-  flops.csv          FLOPs per (round, party, phase) — from the meter
-  model/             the trained network: <segment>.pt (each segment's state dict) and composed.pt
-  checkpoints/       round-<r>/: the experiment's complete state after round r (the last few)
-  summary.json       final figures
-  run.log            the log
-It is written under a hidden ``.NAME.partial`` name, its tables rewritten after every round (readable at any
+The results directory is written under a hidden ``.NAME.partial`` name, its tables rewritten after every round (readable at any
 moment), and renamed when the run completes; bad input is refused before anything is written at all. An
 interrupted run continues from its last checkpoint (``run(..., resume=partial_dir)``); a party host that
 dies is restarted and the run replayed from the last checkpoint, with bitwise the same results.
@@ -20,44 +10,44 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import shutil
 import time
 import warnings
 from collections import Counter, defaultdict
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import ray
 import torch
 import yaml
 from torch import nn
 from tqdm import tqdm
 
+from raysplit import catalog
 from raysplit import config as config_mod
 from raysplit.accounting import Entry, FlopMeter, role_of, summarize
-from raysplit.algorithms import ALGORITHMS, Plan
+from raysplit.algorithms import Algorithm, Plan
 from raysplit.attacks import gradient_receivers
 from raysplit.checkpoint import Checkpoint, Checkpoints
 from raysplit.config import ExperimentConfig, holder_names
 from raysplit.console import replay_startup
 from raysplit.data import Dataset, aligned_sample_ids, load_dataset, partition
 from raysplit.errors import ConfigError, PartyLost
-from raysplit.models import eval_mode
-from raysplit.network import add_sim_columns, resolve
-from raysplit.plugins import DriverContext, Plugins, build_plugins
-from raysplit.runtime import dead_hosts
-from raysplit.topology import CLIENT, INPUT, ComposedNet, Topology, build_topology
+from raysplit.graph import CLIENT, INPUT, ComposedNet, Topology, eval_mode
+from raysplit.hosts import LOST_PARTY
+from raysplit.network import resolve
+from raysplit.plugins import DriverContext, Plugins
+from raysplit.results import (Result, check_free, default_output_dir, final_dir, load_model,  # noqa: F401 (public here)
+                              partial_dir, round_row, save_model, tables, write_csv)
+from raysplit.topology import build_topology
 
 log = logging.getLogger("raysplit")
 
 
 def prepare(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Plan:
-    """Load data, build and split the model, partition clients: every data- or model-dependent check.
-    ``dataset``: already loaded for this config's ``data`` and ``seed`` (``raysplit compare`` loads it once)."""
+    """Check the config's names (catalog.check), load data, build and split the model, partition clients: every
+    name-, data- or model-dependent check, once per run. ``dataset``: already loaded for this config's ``data``
+    and ``seed`` (``raysplit compare`` loads it once)."""
+    catalog.check(cfg)
     dataset = dataset or load_dataset(cfg.data, cfg.seed)
     # warnings while building and probing the model (e.g. a zero-width layer) are shown only if it passes:
     # a refused model is its one error line
@@ -68,8 +58,8 @@ def prepare(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Plan:
         check_trainable(cfg, topology, modules, dataset)
     for w in caught:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    plugins = build_plugins(cfg, dataset.num_classes)
-    splits = getattr(ALGORITHMS.get(cfg.algorithm), "SPLITS_THE_MODEL", True)
+    plugins = catalog.build_plugins(cfg, dataset.num_classes)
+    splits = catalog.splits_model(cfg)
     if cfg.attacks.model_inversion and not splits:
         raise ConfigError("attacks.model_inversion", True, f"false for algorithm {cfg.algorithm}: no cut "
                           "activations cross a party boundary, so there is nothing to invert")
@@ -89,18 +79,11 @@ def prepare(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Plan:
     return Plan(cfg, dataset, topology, modules, [ids], holders, plugins)
 
 
-def _unsupported(algo_cls, topology: Topology) -> str | None:
-    """Why an algorithm cannot train a topology (its ``supports_topology`` classmethod), or None. An algorithm
-    that declares nothing is taken to support every topology."""
-    supports = getattr(algo_cls, "supports_topology", None)
-    return supports(topology) if callable(supports) else None
-
-
 def check_algorithm(cfg: ExperimentConfig, topology: Topology) -> None:
     """The algorithm can train this topology (each algorithm class declares what it needs)."""
-    why = _unsupported(ALGORITHMS.get(cfg.algorithm, "algorithm"), topology)
+    why = catalog.unsupported(catalog.algorithm(cfg), topology)
     if why:
-        able = [n for n in ALGORITHMS.names() if _unsupported(ALGORITHMS.get(n), topology) is None]
+        able = catalog.able(topology)
         raise ConfigError("algorithm", cfg.algorithm, f"an algorithm that can train topology {cfg.topology}: "
                           f"{', '.join(able) or 'none registered'} ({cfg.algorithm} {why})")
     if cfg.algorithm == "splitnn" and cfg.handoff == "server" and CLIENT in topology.roles \
@@ -176,138 +159,10 @@ def evaluate(net: ComposedNet, x: np.ndarray, y: np.ndarray, batch: int = 256) -
     return {t: (c / len(y), l / len(y)) for t, (c, l) in sums.items()}
 
 
-def round_row(r: int, cfg: ExperimentConfig, train: dict, test: dict, entries: list[Entry],
-              flops: dict, wall: float, extra: dict | None = None) -> dict:
-    """One row of metrics.csv. ``extra``: the plug-ins' columns."""
-    n = cfg.data.num_clients
-    row: dict = dict(round=r + 1, algorithm=cfg.algorithm, topology=cfg.topology, schedule=cfg.schedule,
-                     num_clients=n)
-    for i, task in enumerate(test):
-        suffix = "" if i == 0 else f"_{task}"
-        row[f"test_acc{suffix}"], row[f"test_loss{suffix}"] = test[task]
-        loss_sum, correct, count = train.get(task, (0.0, 0, 0))
-        row[f"train_loss{suffix}"] = loss_sum / count if count else float("nan")
-        row[f"train_acc{suffix}"] = correct / count if count else float("nan")
-    by_role: dict[str, float] = defaultdict(float)
-    for (party, phase), f in flops.items():
-        by_role[f"{role_of(party)}_flops_{phase}"] += f
-    for role in sorted({k.rsplit("_flops_", 1)[0] for k in by_role} | {"client"}):
-        fwd, bwd = by_role.get(f"{role}_flops_forward", 0.0), by_role.get(f"{role}_flops_backward", 0.0)
-        row[f"{role}_flops_forward"], row[f"{role}_flops_backward"], row[f"{role}_flops"] = fwd, bwd, fwd + bwd
-    # other phases (an attack's compute) get columns of their own, outside the training FLOPs above
-    for key in sorted(k for k in by_role if k.rsplit("_flops_", 1)[1] not in ("forward", "backward")):
-        row[key] = by_role[key]
-    row["client_tflops_per_client"] = row["client_flops"] / n / 1e12
-    row["bytes_total"] = sum(e.nbytes for e in entries)
-    # bytes sent plus bytes received, summed over clients (a client-to-client hand-off counts for both)
-    row["client_bytes"] = sum(e.nbytes * ((role_of(e.src) == "client") + (role_of(e.dst) == "client")) for e in entries)
-    row["client_gb_per_client"] = row["client_bytes"] / n / 1e9
-    for e in entries:
-        key = f"bytes_{role_of(e.src)}_to_{role_of(e.dst)}_{e.kind}"
-        row[key] = row.get(key, 0) + e.nbytes
-    row.update(extra or {})
-    row["wall_s"] = wall
-    return row
-
-
-def add_cumulative(df: pd.DataFrame) -> pd.DataFrame:
-    for col in ("client_tflops_per_client", "client_gb_per_client", "bytes_total", "client_flops", "wall_s"):
-        df[f"{col}_cum"] = df[col].cumsum()
-    return df
-
-
-def default_output_dir(cfg: ExperimentConfig) -> Path:
-    return Path("results") / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
-def partial_dir(out: Path) -> Path:
-    return out.parent / f".{out.name}.partial"
-
-
-def final_dir(partial: Path) -> Path:
-    """``.NAME.partial`` -> ``NAME`` (where a resumed run lands)."""
-    name = partial.name
-    if not (name.startswith(".") and name.endswith(".partial")):
-        raise ConfigError("--resume", str(partial), "the .NAME.partial directory of an interrupted run")
-    return partial.parent / name[1:-len(".partial")]
-
-
-def _check_free(out: Path) -> None:
-    """The results directory can be written: it does not exist yet or is empty, and the nearest folder
-    that exists above it is a directory this user can write to (checked before anything starts)."""
-    try:
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise ConfigError("output_dir", str(out), "a directory that does not exist yet or is empty")
-        parent = out.absolute().parent
-        while not parent.exists() and not parent.is_symlink() and parent != parent.parent:
-            parent = parent.parent
-        if not parent.is_dir():
-            raise ConfigError("output_dir", str(out), f"a path under directories ({parent} is a file)")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise ConfigError("output_dir", str(out), f"a path under a directory this user can write to ({parent} is not)")
-    except OSError as e:
-        raise ConfigError("output_dir", str(out), f"a path this user can write to ({e.strerror or e})") from None
-    if partial_dir(out).exists():
-        raise ConfigError("output_dir", str(out), f"a directory with no interrupted run; {partial_dir(out)} holds one: "
-                          f"continue it with `raysplit run --resume {partial_dir(out)}`, or delete it")
-
-
-@dataclass
-class Result:
-    out_dir: Path
-    metrics: pd.DataFrame
-    ledger: pd.DataFrame
-    flops: pd.DataFrame
-    entries: list[Entry]
-    model: ComposedNet | None = None
-
-
-LEDGER_COLUMNS = ["round", "src", "dst", "kind", "messages", "bytes", "raw_bytes"]
-FLOP_COLUMNS = ["round", "party", "role", "phase", "flops"]
-
-
-def _tables(results: dict, cfg: ExperimentConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    metrics = add_cumulative(pd.DataFrame(results["rows"]))
-    ledger = pd.DataFrame(results["ledger_rows"], columns=LEDGER_COLUMNS)
-    flops = pd.DataFrame(results["flop_rows"], columns=FLOP_COLUMNS)
-    # simulated time under the config's network: priced from the very tables written beside it
-    return add_sim_columns(metrics, ledger, flops, cfg), ledger, flops
-
-
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)          # readers always see a whole table
-
-
-def save_model(out: Path, plan: Plan, net: ComposedNet) -> None:
-    """``model/<segment>.pt`` (each segment's state dict), ``model/composed.pt`` (the unsplit network's), and
-    what ``load_model`` needs to rebuild it."""
-    d = out / "model"
-    d.mkdir(exist_ok=True)
-    for name, seg in net.segs.items():
-        torch.save(seg.state_dict(), d / f"{name}.pt")
-    torch.save(net.state_dict(), d / "composed.pt")
-    meta = dict(input_shape=list(plan.dataset.input_shape), num_classes=plan.dataset.num_classes,
-                segments={s.name: s.owner for s in plan.topology.segments})
-    (d / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-
-
-def load_model(results_dir: str | Path) -> ComposedNet:
-    """The trained network of a results directory, rebuilt from its config and loaded (no data needed)."""
-    d = Path(results_dir)
-    cfg = config_mod.load(d / "config.yaml")
-    meta = json.loads((d / "model" / "meta.json").read_text())
-    topology, modules = build_topology(cfg, tuple(meta["input_shape"]), meta["num_classes"])
-    net = ComposedNet(topology, modules)
-    net.load_state_dict(torch.load(d / "model" / "composed.pt", weights_only=True))
-    return net
-
-
 class _Run:
     """The round loop of one experiment: results so far, checkpoints, recovery from a lost party host."""
 
-    def __init__(self, cfg: ExperimentConfig, plan: Plan, algo, checkpoints: Checkpoints, tmp: Path | None,
+    def __init__(self, cfg: ExperimentConfig, plan: Plan, algo: Algorithm, checkpoints: Checkpoints, tmp: Path | None,
                  capture: bool):
         self.cfg, self.plan, self.algo, self.checkpoints, self.tmp, self.capture = cfg, plan, algo, checkpoints, tmp, capture
         self.results = self.no_results()
@@ -361,7 +216,7 @@ class _Run:
 
     def recover(self, error: Exception) -> None:
         """A party host died: name it, restart all hosts and replay from the last checkpoint (bounded)."""
-        dead = dead_hosts(self.algo.hosts) if getattr(self.algo, "hosts", None) else []
+        dead = self.algo.lost_parties()
         if not dead:
             raise error
         self.failures.update(dead)
@@ -389,14 +244,14 @@ class _Run:
             r = self.done
             try:
                 row = self.one_round(r)
-            except ray.exceptions.RayError as e:
+            except LOST_PARTY as e:
                 self.recover(e)
                 bar.n = self.done
                 continue
             self.done += 1
             if self.tmp is not None:
-                for df, name in zip(_tables(self.results, cfg), ("metrics.csv", "ledger.csv", "flops.csv")):
-                    _write_csv(df, self.tmp / name)
+                for df, name in zip(tables(self.results, cfg), ("metrics.csv", "ledger.csv", "flops.csv")):
+                    write_csv(df, self.tmp / name)
             if self.done % cfg.runtime.checkpoint_every == 0 or self.done == rounds:
                 t0 = time.perf_counter()        # the cost of a checkpoint: gathering the state and writing it
                 nbytes = self.checkpoints.save(Checkpoint(self.done, self.algo.state(), self.results))
@@ -424,10 +279,10 @@ def run(cfg: ExperimentConfig, out_dir: str | Path | None = None, progress: bool
         out = Path(out_dir or cfg.output_dir or default_output_dir(cfg))
         tmp = partial_dir(out)
         if write:
-            _check_free(out)
+            check_free(out)
     rt = cfg.runtime
     ck_dir = (Path(rt.checkpoint_dir) / out.name if rt.checkpoint_dir else tmp / "checkpoints") if write else None
-    algo = ALGORITHMS.get(cfg.algorithm)(plan, capture_ledger=capture_ledger, progress=progress)
+    algo = catalog.algorithm(cfg)(plan, capture_ledger=capture_ledger, progress=progress)
     state = _Run(cfg, plan, algo, Checkpoints(ck_dir, rt.keep_checkpoints), tmp if write else None, capture_ledger)
     handler = None
     try:
@@ -462,7 +317,7 @@ def run(cfg: ExperimentConfig, out_dir: str | Path | None = None, progress: bool
         if handler:
             log.removeHandler(handler)
             handler.close()
-    metrics, ledger, flops_df = _tables(state.results, cfg)
+    metrics, ledger, flops_df = tables(state.results, cfg)
     if write:
         last = metrics.iloc[-1]
         summary = dict(name=cfg.name, algorithm=cfg.algorithm, topology=cfg.topology, rounds=len(metrics),

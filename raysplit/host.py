@@ -21,7 +21,7 @@ from raysplit import link
 from raysplit.accounting import FlopMeter, Ledger, receive
 from raysplit.config import TrainingConfig
 from raysplit.plugins import Plugin, Plugins
-from raysplit.topology import Topology
+from raysplit.graph import Topology
 
 
 def configure_torch(threads: int, deterministic: bool) -> None:

@@ -20,17 +20,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import ray
 import torch
 
-from raysplit import config as config_mod
 from raysplit.accounting import role_of, summarize
-from raysplit.algorithms.base import drain_hosts, install
+from raysplit.catalog import load_config
 from raysplit.data import load_dataset
 from raysplit.engine import SEGMENTS, SegmentServer
 from raysplit.errors import ConfigError, DataError
+from raysplit.hosts import Hosts, start_hosts
+from raysplit.link import opened
 from raysplit.network import describe, load_network, network_for, sequential_time
-from raysplit.runtime import connect, start_hosts, stop_hosts
+from raysplit.runtime import connect
 from raysplit.topology import build_topology
 
 
@@ -69,7 +69,7 @@ def infer(results_dir: str | Path, data: str = "test", batch_size: int | None = 
     d = Path(results_dir)
     if not (d / "model" / "composed.pt").is_file():
         raise ConfigError("RESULTS_DIR", str(d), "a finished run's results directory (it holds model/composed.pt)")
-    cfg = config_mod.load(d / "config.yaml", [f"runtime.address={address}"] if address else [])
+    cfg = load_config(d / "config.yaml", [f"runtime.address={address}"] if address else [])
     net = network_for(cfg, load_network(network) if isinstance(network, (str, Path)) else network)
     meta = json.loads((d / "model" / "meta.json").read_text())
     topology, modules = build_topology(cfg, tuple(meta["input_shape"]), meta["num_classes"])
@@ -87,19 +87,20 @@ def infer(results_dir: str | Path, data: str = "test", batch_size: int | None = 
         raise ConfigError("--out", str(out), "a directory that does not exist yet or is empty")
     connect(cfg.runtime.address)
     labels = y if y is not None else np.zeros(len(x), dtype=np.int64)   # held where training held them; unused
-    hosts = start_hosts(cfg, topology, modules, x, labels, [np.arange(len(x))])
+    hosts: Hosts = start_hosts(cfg, topology, modules, x, labels, [np.arange(len(x))])
     try:
-        install(hosts, SEGMENTS, dict.fromkeys(hosts.all, Inference), hosts.modules)
+        hosts.install(SEGMENTS, dict.fromkeys(hosts.all, Inference))
         driver, outputs, latency = hosts.client_host[0], {t: [] for t in topology.tasks}, []
         for j, start in enumerate(range(0, len(x), size)):
             t0 = time.perf_counter()
-            res = ray.get(driver.call.remote(SEGMENTS, "predict_batch", 0, (0, j), np.arange(start, min(start + size, len(x)))))
+            batch = np.arange(start, min(start + size, len(x)))
+            res = hosts.get(hosts.call(driver, SEGMENTS, "predict_batch", 0, (0, j), batch))
             for task, (logits,) in res.items():
-                outputs[task].append(ray.get(logits) if isinstance(logits, ray.ObjectRef) else logits)
+                outputs[task].append(opened(logits))
             latency.append(time.perf_counter() - t0)
-        entries, flops, _ = drain_hosts(hosts)
+        entries, flops, _ = hosts.drain()
     finally:
-        stop_hosts(hosts)
+        hosts.stop()
     rows, summary = [], {"samples": len(x), "batch_size": size, "batches": len(latency),
                          "latency_ms_median": 1e3 * float(np.median(latency)), "latency_ms_mean": 1e3 * float(np.mean(latency))}
     for task, parts in outputs.items():

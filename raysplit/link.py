@@ -99,6 +99,11 @@ def resolve(value: Any) -> Any:
     return value.value() if isinstance(value, Pending) else value
 
 
+def opened(reply: Any) -> Any:
+    """The value of a peer call's reply, whichever way it travelled: over a link (a Pending) or by Ray (an ObjectRef)."""
+    return ray.get(reply) if isinstance(reply, ray.ObjectRef) else resolve(reply)
+
+
 class _Reply:
     def __init__(self, link: "Link"):
         self.link, self.done, self.ok, self.value, self.where = link, False, False, None, ""

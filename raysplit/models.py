@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from contextlib import contextmanager
 from typing import Callable, Sequence
 
 import torch
@@ -114,17 +113,6 @@ _BUILTIN: dict[str, Callable[[tuple[int, ...], int], nn.Sequential]] = {
 }
 for _name, _builder in _BUILTIN.items():
     MODELS.register(_name, _builder)
-
-
-@contextmanager
-def eval_mode(module: nn.Module):
-    """Evaluate ``module`` (BatchNorm statistics, dropout off), then put it back in the mode it was in."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield module
-    finally:
-        module.train(was_training)
 
 
 def build_model(name: str, input_shape: Sequence[int], num_classes: int, seed: int | None = None) -> nn.Sequential:

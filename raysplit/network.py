@@ -2,7 +2,7 @@
 
 Post hoc and pure (pandas, no Ray): the same tables a results directory holds (ledger.csv per (round, src,
 dst, kind): messages and bytes; flops.csv per (round, party, phase)) are priced under a network, so a run can
-be re-priced on another network without running it again (``simulate(results_dir, network=...)``).
+be re-priced on another network without running it again (results.py: ``simulate(results_dir, network=...)``).
 
 Every party has an access link (up and down Mbit/s, a one-way latency) and a compute speed (FLOP/s), by role
 (``network.client`` for every data holder, ``network.server``, ``network.others``), with per-client lists
@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from raysplit import config as config_mod
 from raysplit.config import ExperimentConfig, LinkConfig, NetworkConfig, holder_names
@@ -194,14 +195,6 @@ def _merged(base: dict, over: dict) -> dict:
     return out
 
 
-def is_parallel(cfg: ExperimentConfig) -> bool:
-    """Clients work at once: the parallel schedule (SplitFed), or a method that trains the whole model on
-    every client (FedAvg, large-batch SGD: they do not split the model, and their rounds are parallel)."""
-    from raysplit.algorithms import ALGORITHMS
-
-    return cfg.schedule == "parallel" or not getattr(ALGORITHMS.get(cfg.algorithm), "SPLITS_THE_MODEL", True)
-
-
 # --------------------------------------------------------------------------- one round's time
 
 def sequential_time(ledger: pd.DataFrame, flops: pd.DataFrame, net: Network) -> tuple[float, float]:
@@ -266,9 +259,10 @@ def round_times(ledger: pd.DataFrame, flops: pd.DataFrame, net: Network, paralle
 
 
 def add_sim_columns(metrics: pd.DataFrame, ledger: pd.DataFrame, flops: pd.DataFrame, cfg: ExperimentConfig,
-                    network: NetworkConfig | dict | None = None) -> pd.DataFrame:
-    """metrics.csv with the simulated-time columns (replaced if there)."""
-    times = round_times(ledger, flops, network_for(cfg, network), is_parallel(cfg))
+                    parallel: bool, network: NetworkConfig | dict | None = None) -> pd.DataFrame:
+    """metrics.csv with the simulated-time columns (replaced if there). ``parallel``: the run's clients work at
+    once (catalog.is_parallel)."""
+    times = round_times(ledger, flops, network_for(cfg, network), parallel)
     metrics = metrics.drop(columns=[c for c in metrics.columns if c.startswith("sim_")])
     if metrics.empty:
         return metrics
@@ -280,24 +274,8 @@ def add_sim_columns(metrics: pd.DataFrame, ledger: pd.DataFrame, flops: pd.DataF
     return merged
 
 
-def simulate(results_dir: str | Path, network: NetworkConfig | dict | str | Path | None = None) -> pd.DataFrame:
-    """A results directory's metrics.csv re-priced: its sim_* columns under ``network`` (a raw ``network:``
-    mapping, a NetworkConfig, or a YAML file holding one) or, by default, under its own config's network."""
-    d = Path(results_dir)
-    for name in ("config.yaml", "metrics.csv", "ledger.csv", "flops.csv"):
-        if not (d / name).is_file():
-            raise ConfigError("results", str(d), f"a results directory of `raysplit run` (it has no {name})")
-    cfg = config_mod.load(d / "config.yaml")
-    if isinstance(network, (str, Path)):
-        network = load_network(network)
-    return add_sim_columns(pd.read_csv(d / "metrics.csv"), pd.read_csv(d / "ledger.csv"),
-                           pd.read_csv(d / "flops.csv"), cfg, network)
-
-
 def load_network(path: str | Path) -> dict:
     """A YAML file holding a ``network:`` section (or just its keys)."""
-    import yaml
-
     p = Path(path)
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))

@@ -12,11 +12,11 @@ A plug-in is a ``Plugin`` subclass that overrides any of its hooks. They attach 
 
 Every party host gets its own copy of the configured plug-ins (``setup(host)``); the driver keeps one more
 (``setup(None)``) for ``evaluate``. Register one with ``@PLUGINS.register("name")`` and list it in the
-config: ``plugins: [{name: my_lab.plugins:probe, some_option: 1}]``.
+config: ``plugins: [{name: my_lab.plugins:probe, some_option: 1}]``; the composition root (catalog.py) builds
+a config's plug-ins.
 """
 from __future__ import annotations
 
-import inspect
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +26,6 @@ import torch
 from torch import nn
 
 from raysplit.accounting import Encoded, FlopMeter, Parcel
-from raysplit.errors import ConfigError
 from raysplit.registry import Registry
 
 PLUGINS = Registry("plug-in", "plugins")
@@ -165,27 +164,3 @@ def merge_metrics(parts: list[dict[str, tuple[float, float]]]) -> dict[str, floa
             acc[k][0] += s
             acc[k][1] += w
     return {k: s / w if w else float("nan") for k, (s, w) in acc.items()}
-
-
-def build_plugins(cfg, num_classes: int | None = None) -> list[Plugin]:
-    """The config's plug-ins: privacy defences and measures, attacks, cut-layer compression (their own sections,
-    in that order: noise is added before encoding), then ``plugins:`` in order. ``num_classes``: the data set's (known
-    once it is loaded; label DP needs it)."""
-    from raysplit.attacks import attack_plugins
-    from raysplit.compression import compression_plugin
-    from raysplit.privacy import privacy_plugins
-
-    out = privacy_plugins(cfg.privacy, cfg.seed, num_classes) + attack_plugins(cfg.attacks, cfg.seed, cfg.training.batch_size)
-    out += [p for p in [compression_plugin(cfg.compression)] if p is not None]
-    for i, spec in enumerate(cfg.plugins):
-        where = f"plugins[{i}]"
-        if not isinstance(spec, dict) or "name" not in spec:
-            raise ConfigError(where, spec, "a mapping with the plug-in's name and its options, e.g. {name: compression}")
-        options = {k: v for k, v in spec.items() if k != "name"}
-        cls = PLUGINS.get(spec["name"], f"{where}.name")
-        try:
-            inspect.signature(cls).bind(**options)
-        except TypeError as e:
-            raise ConfigError(where, options, f"the options {spec['name']} takes: {inspect.signature(cls)} ({e})") from None
-        out.append(cls(**options))
-    return out

@@ -27,9 +27,8 @@ import zlib
 import numpy as np
 import torch
 
-from raysplit.models import eval_mode
+from raysplit.graph import INPUT, eval_mode
 from raysplit.plugins import PLUGINS, Plugin
-from raysplit.topology import INPUT
 
 
 EPS = 1e-12      # under every square root: finite gradients at 0

@@ -1,9 +1,10 @@
-"""Where things run: connect to Ray (local or a cluster) and place the party hosts.
+"""Where things run: connect to Ray (local or a cluster), check its capacity, reserve placement groups.
 
 The same code path serves a laptop and a cluster; only ``runtime.address`` and the per-role resources
 differ (invariant 5, docs/architecture.md). Per role (``runtime.worker``, ``runtime.server``): CPUs, GPUs (fractions
 allowed; a host with ``num_gpus > 0`` runs its segments on its GPU) and custom resources that pin it to the
 nodes declaring them; ``runtime.placement`` puts all hosts in one placement group (PACK, SPREAD, ...).
+The party hosts of a run, and every call a driver makes to them, are hosts.py's.
 """
 from __future__ import annotations
 
@@ -12,25 +13,20 @@ import os
 import signal
 import socket
 import threading
-import weakref
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
-import torch
 from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from raysplit import console, registry
-from raysplit.config import ExperimentConfig, Resources
+from raysplit.config import Resources
 from raysplit.errors import ConfigError
-from raysplit.host import RemotePartyHost
 from raysplit.link import LinkBroken
-from raysplit.topology import CLIENT, INPUT, Topology
 
 log = logging.getLogger("raysplit")
+PACKAGE = Path(__file__).parent      # raysplit/, shipped to a cluster's workers
 
 
 @contextmanager
@@ -83,10 +79,8 @@ def _init(address: str | None) -> None:
     kwargs: dict[str, Any] = dict(include_dashboard=False, configure_logging=False, log_to_driver=True)
     if address:
         _check_reachable(address)
-        import raysplit
-
         # ship this package (and the user's own modules named in the config) to the cluster's workers
-        kwargs["runtime_env"] = {"py_modules": [os.path.dirname(raysplit.__file__), *registry.user_packages()]}
+        kwargs["runtime_env"] = {"py_modules": [str(PACKAGE), *registry.user_packages()]}
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
@@ -122,8 +116,6 @@ def _check_reachable(address: str) -> None:
 
 def _listening(address: str) -> bool:
     """Whether something accepts TCP connections at HOST:PORT (False for other address forms)."""
-    import socket
-
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or "://" in address:
         return False
@@ -184,7 +176,6 @@ def check_capacity(requests: list[tuple[str, Resources]]) -> None:
 
 
 PLACEMENT_TIMEOUT_S = 120
-HOST_START_TIMEOUT_S = 300
 
 
 def bundle(res: Resources) -> dict[str, float]:
@@ -210,160 +201,3 @@ def reserve(strategy: str | None, requests: list[tuple[str, Resources]]):
         raise ConfigError("runtime.placement", strategy, f"a placement the cluster can satisfy; "
                           f"{[bundle(r) for _, r in requests]} could not be placed within {PLACEMENT_TIMEOUT_S}s")
     return pg
-
-
-@dataclass
-class Hosts:
-    workers: list[Any]                                   # actors hosting virtual clients
-    roles: dict[str, Any] = field(default_factory=dict)  # non-client role -> actor
-    client_host: dict[int, Any] = field(default_factory=dict)
-    placement_group: Any = None
-    modules: Any = None                                  # ObjectRef of the initial segment modules
-
-    @property
-    def all(self) -> list[Any]:
-        return [*self.workers, *self.roles.values()]
-
-    @property
-    def named(self) -> dict[str, Any]:
-        """Every host by its party-host name: worker0, worker1, ..., then the roles (server, relay, ...)."""
-        return {**{f"worker{i}": h for i, h in enumerate(self.workers)}, **self.roles}
-
-
-PING_TIMEOUT_S = 30
-
-
-def dead_hosts(hosts: Hosts) -> list[str]:
-    """The names of the party hosts whose process is gone (a host that does not answer in time counts too)."""
-    named = hosts.named
-    pings = {name: h.ping.remote() for name, h in named.items()}
-    ready, _ = ray.wait(list(pings.values()), num_returns=len(pings), timeout=PING_TIMEOUT_S)
-    dead = []
-    for name, ref in pings.items():
-        try:
-            if ref not in ready:
-                raise TimeoutError
-            ray.get(ref)
-        except (ray.exceptions.RayActorError, TimeoutError):
-            dead.append(name)
-    return dead
-
-
-# arrays the driver swapped for views of their object-store copy: id(view) -> (the view, weakly; its ref; the node)
-_IN_STORE: dict[int, tuple[weakref.ref, ray.ObjectRef, str]] = {}
-
-
-def shared_training_set(dataset) -> tuple[np.ndarray, np.ndarray]:
-    """The training set put in Ray's object store once, its arrays on ``dataset`` swapped for zero-copy views of
-    the store's copy: the driver (which evaluates on the test set) keeps no second copy of what the party hosts
-    read, and ``start_hosts`` hands them the same object again (a restart, the next algorithm of a comparison)."""
-    for name in ("train_x", "train_y"):
-        array = getattr(dataset, name)
-        if _stored(array) is None:
-            ref = ray.put(array)
-            view = ray.get(ref)
-            _IN_STORE[id(view)] = (weakref.ref(view), ref, ray.get_runtime_context().get_node_id())
-            setattr(dataset, name, view)
-    return dataset.train_x, dataset.train_y
-
-
-def _stored(array: np.ndarray) -> ray.ObjectRef | None:
-    for key in [k for k, (view, _, _) in _IN_STORE.items() if view() is None]:
-        del _IN_STORE[key]
-    entry = _IN_STORE.get(id(array))
-    # a view of this Ray's store (not of one shut down since)
-    if entry and entry[0]() is array and entry[2] == ray.get_runtime_context().get_node_id():
-        return entry[1]
-    return None
-
-
-def put_once(array: np.ndarray) -> ray.ObjectRef:
-    """``ray.put(array)``, unless it is a view ``shared_training_set`` made: then its object, not a new copy."""
-    return _stored(array) or ray.put(array)
-
-
-def start_hosts(cfg: ExperimentConfig, topology: Topology, modules: dict, train_x, train_y,
-                client_indices: list, capture_ledger: bool = False, holder_ids: dict[str, np.ndarray] | None = None,
-                role_options: dict | None = None, other_roles: list[str] | None = None, plugins: list = (),
-                extra_roles: dict[str, Resources] | None = None) -> Hosts:
-    """One actor per worker (hosting clients k with k % workers == i) and one per other role (by default the
-    topology's; the whole-model baselines ask for just the server).
-
-    Each party gets only the data it holds: its own features (``topology.view``) if it reads raw inputs, the
-    labels if it holds them; a role in ``holder_ids`` only the rows of those training-sample ids. Without
-    virtual clients (vertical), the first segment's owner drives the steps over ``client_indices``.
-    ``role_options``: extra Ray actor options for the non-client hosts (e.g. max_concurrency). ``plugins``: each
-    host gets its own copy. The hosts hold no model yet: algorithms install their programs with ``modules``.
-    ``extra_roles``: {role: resources} of hosts for parties that own no segment and hold no data (SplitFed's
-    fed server, which only averages): started after the others, outside the placement group (a tiny request
-    needs no bundle of its own, and a spread placement counts only the hosts that train).
-    """
-    rt, holder_ids = cfg.runtime, holder_ids or {}
-    if other_roles is None:
-        other_roles = [r for r in topology.roles if r != CLIENT]
-    n_workers = min(rt.workers, len(client_indices)) if CLIENT in topology.roles else 0
-    requests = [("runtime.worker", rt.worker)] * n_workers + [("runtime.server", rt.server)] * len(other_roles)
-    check_capacity(requests)
-    pg = reserve(rt.placement, requests)
-    common = dict(training=cfg.training, seed=cfg.seed, deterministic=rt.deterministic, capture_ledger=capture_ledger,
-                  plugins=list(plugins))
-
-    def data_of(role: str) -> dict:
-        ids = holder_ids.get(role)
-        rows = slice(None) if ids is None else ids
-        out = {"sample_ids": ids}
-        if any(s.owner == role and INPUT in s.inputs for s in topology.segments):
-            x = train_x if role not in topology.input_views and ids is None else \
-                topology.view(role, torch.tensor(train_x[rows])).numpy()
-            out["data_x"] = put_once(x)
-        if role in topology.label_holders.values():
-            out["data_y"] = put_once(train_y if ids is None else train_y[rows])
-        return out
-
-    def host(name, roles, res: Resources, options: dict | None = None, in_group: bool = True, **kw):
-        opts: dict[str, Any] = dict(num_cpus=res.num_cpus, num_gpus=res.num_gpus, name=None, **(options or {}))
-        if res.resources:
-            opts["resources"] = dict(res.resources)
-        if not in_group:     # in no placement group: neither ours nor one that captures child actors (a Tune trial's)
-            opts["scheduling_strategy"] = "DEFAULT"
-        elif pg is not None:   # bundles are in the order the hosts are created
-            opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=len(hosts.all))
-        return RemotePartyHost.options(**opts).remote(
-            name, topology, roles, threads=threads_for(res), use_gpu=res.num_gpus > 0, **common, **kw)
-
-    hosts = Hosts(workers=[], placement_group=pg, modules=ray.put(modules))
-    try:
-        client_data = data_of(CLIENT) if n_workers else {}
-        for w in range(n_workers):
-            mine = {k: idx for k, idx in enumerate(client_indices) if k % n_workers == w}
-            hosts.workers.append(host(f"worker{w}", [CLIENT], rt.worker, client_indices=mine, **client_data))
-            hosts.client_host.update({k: hosts.workers[-1] for k in mine})
-        initiator = topology.segments[0].owner
-        for role in other_roles:
-            steps = dict(client_indices=dict(enumerate(client_indices))) if role == initiator else {}
-            hosts.roles[role] = host(role, [role], rt.server, role_options, **data_of(role), **steps)
-            if steps:
-                hosts.client_host.update({k: hosts.roles[role] for k in range(len(client_indices))})
-        for role, res in (extra_roles or {}).items():
-            hosts.roles[role] = host(role, [role], res, role_options, in_group=False)
-        peers = dict(hosts.roles)
-        pings = {name: h.ping.remote() for name, h in hosts.named.items()}
-        ready, _ = ray.wait(list(pings.values()), num_returns=len(pings), timeout=HOST_START_TIMEOUT_S)
-        late = [name for name, ref in pings.items() if ref not in ready]
-        if late:
-            raise ConfigError("runtime", f"{', '.join(late)} not started", f"party hosts that start within "
-                              f"{HOST_START_TIMEOUT_S}s (check the cluster's nodes and runtime.worker / runtime.server)")
-        for line in ray.get(list(pings.values())):
-            log.info("party host ready: %s", line)
-        ray.get([h.set_peers.remote(peers) for h in hosts.all])
-    except BaseException:      # an actor that cannot start: release what was reserved
-        stop_hosts(hosts)
-        raise
-    return hosts
-
-
-def stop_hosts(hosts: Hosts | None) -> None:
-    for h in hosts.all if hosts else []:
-        ray.kill(h)
-    if hosts and hosts.placement_group is not None:
-        remove_placement_group(hosts.placement_group)

@@ -32,10 +32,20 @@ from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
+import ray
 import yaml
+from ray import tune
+from tqdm import tqdm
 
 from raysplit import config as config_mod
+from raysplit import experiment
+from raysplit.config import ExperimentConfig
+from raysplit.data import load_dataset
 from raysplit.errors import ConfigError
+from raysplit.graph import CLIENT
+from raysplit.registry import add_search_path
+from raysplit.results import check_free
+from raysplit.runtime import bundle, check_capacity, connect
 
 log = logging.getLogger("raysplit")
 
@@ -133,12 +143,11 @@ class Trial:
     overrides: list[str]              # the base overrides, then the point's
     out: Path
     requests: list                    # (config field, Resources) of each party host the run starts
+    cfg: ExperimentConfig | None = None   # the setting's config, loaded and checked once (the trial runs it)
 
     @property
     def bundles(self) -> list[dict]:
         """The party hosts' placement-group bundles (hosts that request nothing need none)."""
-        from raysplit.runtime import bundle
-
         return [b for b in (bundle(r) for _, r in self.requests) if b]
 
 
@@ -146,13 +155,17 @@ class Trial:
 class SweepResult:
     out_dir: Path
     table: pd.DataFrame
+    keys: list[str]                   # the swept fields
+    name: str
+
+    @property
+    def has_privacy_measures(self) -> bool:
+        return any(c.startswith(MEASURES) for c in self.table.columns)
 
 
 def host_requests(cfg, plan) -> list:
     """(field, Resources) per party host the run will start, as ``runtime.start_hosts`` counts them (at
     least one non-client host: the whole-model algorithms start just the server)."""
-    from raysplit.topology import CLIENT
-
     roles = plan.topology.roles
     n_workers = min(cfg.runtime.workers, len(plan.client_indices)) if CLIENT in roles else 0
     others = max(1, len([r for r in roles if r != CLIENT]))
@@ -160,13 +173,11 @@ def host_requests(cfg, plan) -> list:
 
 
 def plan_trials(config_path, overrides: list[str], grid: dict[str, list], out: Path,
-                points: list[dict] = ()) -> list[Trial]:
-    """Every setting (``settings``) as a trial, each checked as ``raysplit validate`` checks a config."""
-    from raysplit.data import load_dataset
-    from raysplit.experiment import prepare
-
+                points: list[dict] = (), base: ExperimentConfig | None = None) -> list[Trial]:
+    """Every setting (``settings``) as a trial, each loaded once and checked as ``raysplit validate`` checks a
+    config. ``base``: the config with ``overrides`` already loaded."""
     trials, datasets = [], {}
-    base = config_mod.load(config_path, overrides)
+    base = base or config_mod.load(config_path, overrides)
     for i, point in enumerate(settings(grid, list(points), base)):
         extra = [f"{k}={_yaml(v)}" for k, v in point.items() if v is not None]
         try:
@@ -174,29 +185,24 @@ def plan_trials(config_path, overrides: list[str], grid: dict[str, list], out: P
             key = json.dumps([config_mod.to_dict(cfg)["data"], cfg.seed], sort_keys=True, default=str)
             if key not in datasets:                      # grid points that share data load it once
                 datasets[key] = load_dataset(cfg.data, cfg.seed)
-            plan = prepare(cfg, datasets[key])
+            plan = experiment.prepare(cfg, datasets[key])
         except ConfigError as e:
             raise ConfigError(e.field, e.value, f"{e.allowed} (in the sweep's grid point {point})") from None
         if cfg.runtime.placement is not None:
             raise ConfigError("runtime.placement", cfg.runtime.placement,
                               "null in a sweep (each trial reserves its party hosts as one placement group)")
         name = f"{i:03d}-{_slug(point)}"
-        trials.append(Trial(name, point, [*overrides, *extra], out / "trials" / name, host_requests(cfg, plan)))
+        trials.append(Trial(name, point, [*overrides, *extra], out / "trials" / name, host_requests(cfg, plan), cfg))
     return trials
 
 
 def _trainable(trials: list[Trial], config_path: str, cwd: str):
     def trial_fn(tune_config: dict) -> None:
-        from ray import tune
-
-        from raysplit import config as cmod
-        from raysplit import experiment
-
         os.chdir(cwd)        # Tune starts a trial in its own folder; configs and data paths are the user's
+        add_search_path(Path(config_path).parent)     # the user's modules beside the config, as the driver found them
         t = trials[tune_config["trial"]]
         try:
-            cfg = cmod.load(config_path, t.overrides)
-            result = experiment.run(cfg, out_dir=t.out, progress=False)
+            result = experiment.run(t.cfg, out_dir=t.out, progress=False)
             summary = json.loads((result.out_dir / "summary.json").read_text())
             metrics = {k: summary[k] for k in FIGURES} | {"error": ""}
             last = result.metrics.iloc[-1]         # the last round is always evaluated
@@ -208,8 +214,6 @@ def _trainable(trials: list[Trial], config_path: str, cwd: str):
 
 
 def _resources(trials: list[Trial], driver_node: str):
-    from ray import tune
-
     def resources(tune_config: dict):
         # The trial's function itself needs no CPU: it only drives the party hosts, which are Ray actors that
         # request their own CPUs/GPUs (runtime.worker / runtime.server). Tune reserves all of a trial's hosts
@@ -226,19 +230,13 @@ def _resources(trials: list[Trial], driver_node: str):
 def sweep(config_path, overrides: list[str], grid: dict[str, list], out_dir=None, progress: bool = True,
           base=None, points: list[dict] = ()) -> SweepResult:
     """Run every setting (the grid's combinations, then ``points``) as a Ray Tune trial; write the trials,
-    ``trials.csv`` and plots into one directory."""
-    import ray
-    from ray import tune
-    from tqdm import tqdm
-
-    from raysplit.experiment import _check_free
-    from raysplit.runtime import check_capacity, connect
-
+    ``trials.csv`` and plots into one directory (``analysis.privacy_utility.privacy_report`` adds the privacy
+    study's figure and table where trials report privacy measures: ``raysplit sweep`` does)."""
     config_path = str(Path(config_path).resolve())
     base = base or config_mod.load(config_path, overrides)
     out = Path(out_dir or Path("results") / f"{base.name}-sweep-{datetime.now():%Y%m%d-%H%M%S}").resolve()
-    _check_free(out)
-    trials = plan_trials(config_path, overrides, grid, out, points)
+    check_free(out)
+    trials = plan_trials(config_path, overrides, grid, out, points, base)
     keys = list(trials[0].point)
     connect(base.runtime.address)
     for t in trials:          # a trial the cluster can never place would wait forever: refuse it now
@@ -292,11 +290,7 @@ def sweep(config_path, overrides: list[str], grid: dict[str, list], out_dir=None
     table = trials_table(trials, by_trial)
     table.to_csv(out / "trials.csv", index=False)
     plot_sweep(table, keys, out, title=base.name)
-    if any(c.startswith(MEASURES) for c in table.columns):
-        from analysis.privacy_utility import privacy_report
-
-        privacy_report(table, keys, out, title=base.name)
-    return SweepResult(out, table)
+    return SweepResult(out, table, keys, base.name)
 
 
 def trials_table(trials: list[Trial], by_trial: dict[int, dict]) -> pd.DataFrame:

@@ -18,8 +18,7 @@ NODES = {"node_a": {"node_a": 1}, "node_b": {"node_b": 1, "worker_slot": 1}, "no
 
 def main(spec: dict) -> dict:
     from conftest import small_config
-    import raysplit.algorithms.splitfed as splitfed
-    import raysplit.algorithms.splitnn as splitnn
+    import raysplit.hosts
     from raysplit.experiment import run
 
     placed: dict[str, str] = {}
@@ -32,8 +31,7 @@ def main(spec: dict) -> dict:
             return hosts
         return start
 
-    splitfed.start_hosts = recording(splitfed.start_hosts)
-    splitnn.start_hosts = recording(splitnn.start_hosts)
+    raysplit.hosts.start_hosts = recording(raysplit.hosts.start_hosts)     # what Hosts.start calls
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     try:

@@ -7,7 +7,8 @@ import pytest
 
 from raysplit import config
 from raysplit.errors import ConfigError
-from raysplit.network import Network, network_for, round_times, simulate
+from raysplit.network import Network, network_for, round_times
+from raysplit.results import simulate
 
 MB = 1e6
 # clients 8 Mbit/s up, 16 down, 10 ms; server 80 Mbit/s both ways, 0 ms; every party 1 GFLOP/s
@@ -126,7 +127,7 @@ def test_real_run_sim_columns_are_recomputed_from_its_results_directory(ray_sess
 def test_costs_query_prices_each_method_on_a_network(tmp_path, capsys):
     import yaml
 
-    from analysis import cost_model
+    from analysis import costs as cost_model
     from analysis.time_model import fedavg_time
 
     good, bad = tmp_path / "net.yaml", tmp_path / "bad.yaml"

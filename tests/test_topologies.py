@@ -16,7 +16,7 @@ from raysplit.accounting import KINDS, role_of, row_fingerprints
 from raysplit.data import load_dataset
 from raysplit.errors import ConfigError
 from raysplit.experiment import prepare
-from raysplit.runtime import start_hosts, stop_hosts
+from raysplit.hosts import start_hosts, stop_hosts
 from raysplit.topology import ComposedNet
 from conftest import max_param_diff
 from test_equivalence import TOL, centralized_replay, train_split

@@ -1,11 +1,12 @@
-"""Algorithms: what happens in a round (the strategy), independent of where it runs (runtime.py).
+"""Algorithms: what happens in a round (the strategy), independent of where it runs (hosts.py).
 
-Each algorithm is a driver class built from a ``Plan`` with ``start()``, ``run_round(r) -> train stats``,
-``drain() -> (ledger entries, FLOP totals, plug-in metrics)``, ``model() -> ComposedNet`` (the current
-global model, for evaluation) and ``stop()``; what it runs on the party hosts (its *programs*) lives in
-the same module. Register a new one with ``@ALGORITHMS.register("name")`` (a user's own, in their module).
+Each algorithm is a driver class keeping the ``Algorithm`` contract (base.py: ``start``, ``run_round``,
+``drain``, ``state`` / ``restore``, ``model``, ``stop``; ``supports_topology``, ``splits_model``); what it runs
+on the party hosts (its *programs*) lives in the same module. Register a new one with
+``@ALGORITHMS.register("name")`` (a user's own, in their module).
 """
-from raysplit.algorithms.base import Plan, merge_stats
+from raysplit.accounting import merge_stats
+from raysplit.algorithms.base import Algorithm, Plan
 from raysplit.algorithms.centralized import Centralized
 from raysplit.algorithms.fedavg import FedAvg
 from raysplit.algorithms.large_batch_sgd import LargeBatchSGD
@@ -18,4 +19,5 @@ for _name, _cls in {"splitnn": SplitNN, "splitfed": SplitFed, "centralized": Cen
                     "large_batch_sgd": LargeBatchSGD}.items():
     ALGORITHMS.register(_name, _cls)
 
-__all__ = ["ALGORITHMS", "Centralized", "FedAvg", "LargeBatchSGD", "Plan", "SplitFed", "SplitNN", "merge_stats"]
+__all__ = ["ALGORITHMS", "Algorithm", "Centralized", "FedAvg", "LargeBatchSGD", "Plan", "SplitFed", "SplitNN",
+           "merge_stats"]

@@ -1,20 +1,27 @@
-"""Shared pieces of the algorithms: the prepared plan, train statistics, installing programs, draining
-hosts, composing the model."""
+"""The Algorithm contract, and the plan every algorithm is built from.
+
+An algorithm is a driver class that keeps this contract (what the experiment loop calls, in this order)
+and the programs it installs on the party hosts, in one module. The driver says *what* a round does: which
+clients, in which order, which calls, which handles go from host to host. Where it runs (connecting to Ray,
+placing hosts, installing programs, gathering statistics, draining ledgers) is the parties' floor:
+``raysplit.hosts.Hosts``.
+"""
 from __future__ import annotations
 
 import copy
-from collections import defaultdict
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
-import ray
 from torch import nn
-from tqdm import tqdm
 
+from raysplit.accounting import TrainStats, merge_stats  # noqa: F401 (public here: programs use them)
 from raysplit.config import ExperimentConfig
 from raysplit.data import Dataset
-from raysplit.plugins import Plugin, merge_metrics
-from raysplit.topology import ComposedNet, Topology
+from raysplit.graph import ComposedNet, Topology
+from raysplit.hosts import Hosts
+from raysplit.plugins import Plugin
 
 
 @dataclass
@@ -27,86 +34,62 @@ class Plan:
     client_indices: list[np.ndarray]
     # vertical: data-holding role -> the training-sample ids it holds (aligned: the same for every holder)
     holder_ids: dict[str, np.ndarray] = field(default_factory=dict)
-    plugins: list[Plugin] = field(default_factory=list)   # built from the config; each host gets a copy
+    plugins: list[Plugin] = field(default_factory=list)   # built once from the config; each host gets a copy
 
 
-class TrainStats:
-    """{task: [loss sum, correct, samples]} summed over steps, on a party host."""
+class Algorithm(ABC):
+    """What the experiment loop calls: ``start``, then per round ``run_round`` and ``drain`` (and ``model`` when it
+    evaluates, ``state`` when it checkpoints), ``restore`` after a restart, and ``stop``. Register a subclass
+    with ``@ALGORITHMS.register("name")``."""
 
-    def __init__(self):
-        self.totals: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(3))
+    # activations and cut gradients cross a party boundary (cut-layer attacks apply; sequential turns add up in
+    # simulated time); False for algorithms that train the whole network at every client
+    splits_model: ClassVar[bool] = True
 
-    def add(self, stats: dict) -> None:
-        for task, v in stats.items():
-            self.totals[task] += v
+    def __init__(self, plan: Plan, capture_ledger: bool = False, progress: bool = True):
+        self.plan, self.cfg, self.capture, self.progress = plan, plan.cfg, capture_ledger, progress
+        self.hosts: Hosts | None = None
 
-    def as_lists(self) -> dict:
-        return {t: v.tolist() for t, v in self.totals.items()}
+    @classmethod
+    def supports_topology(cls, topology: Topology) -> str | None:
+        """None if this algorithm can train ``topology``, else what it needs (``prepare`` refuses the pair in one line)."""
+        return None
 
+    @abstractmethod
+    def start(self) -> None:
+        """Start the party hosts and install the programs (capacity and cluster errors surface here)."""
 
-def merge_stats(into: dict, stats: dict) -> None:
-    for task, (loss_sum, correct, n) in stats.items():
-        cell = into.setdefault(task, [0.0, 0, 0])
-        cell[0] += loss_sum
-        cell[1] += correct
-        cell[2] += n
+    @abstractmethod
+    def run_round(self, r: int) -> dict:
+        """Train round ``r`` (0-based): {task: [loss sum, correct, samples]}."""
 
+    def drain(self) -> tuple[list, dict, dict]:
+        """The round's ledger entries, FLOP totals and plug-in metrics (and start the next round's)."""
+        return self.hosts.drain()
 
-def gather_stats(refs: list, desc: str, progress: bool, unit: str = "client") -> dict:
-    """Merge train stats as the calls finish, with a progress bar; errors in the calls surface here.
-    ``refs``: ObjectRefs, or (ObjectRef, units it stands for) where one call covers several clients."""
-    out: dict = {}
-    counts = dict(r if isinstance(r, tuple) else (r, 1) for r in refs)
-    pending = list(counts)
-    with tqdm(total=sum(counts.values()), desc=desc, unit=unit, leave=False, disable=not progress) as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            merge_stats(out, ray.get(done[0]))
-            bar.update(counts[done[0]])
-    return out
+    @abstractmethod
+    def state(self) -> dict:
+        """Everything needed to continue after the current round: plain tensors and numbers (a checkpoint)."""
 
+    @abstractmethod
+    def restore(self, state: dict, round_: int) -> None:
+        """Continue at the start of ``round_`` from ``state`` (hosts just started)."""
 
-def clients_by_host(hosts, clients: list[int]) -> dict[int, list[int]]:
-    """{id(worker host): its clients among ``clients``, in their order}: what one streaming call per host gets."""
-    mine: dict[int, list[int]] = {}
-    for k in clients:
-        mine.setdefault(id(hosts.client_host[k]), []).append(k)
-    return mine
+    @abstractmethod
+    def model(self) -> ComposedNet:
+        """The current global model, for evaluation."""
 
+    def lost_parties(self) -> list[str]:
+        """The names of the party hosts whose process is gone (the experiment restarts and replays)."""
+        return self.hosts.dead() if self.hosts else []
 
-def next_item(stream):
-    """The next object of a host's streaming call; a stream cut short (its host died) raises the host's error."""
-    ref = next(stream, None)
-    if ref is None:
-        ray.get(stream.completed())
-        raise RuntimeError("a host's stream of results ended early")
-    return ref
+    def stop(self) -> None:
+        if self.hosts:
+            self.hosts.stop()
+        self.hosts = None
 
-
-def install(hosts, key: str, programs: dict, *args) -> None:
-    """Install a program on hosts and wait: ``programs`` maps a host to its program class."""
-    ray.get([h.install.remote(key, program, *args) for h, program in programs.items()])
-
-
-def host_states(hosts, key: str) -> dict[str, dict]:
-    """{host name: the state of its program ``key``}, at a round boundary: what a checkpoint holds."""
-    named = hosts.named
-    return dict(zip(named, ray.get([h.call.remote(key, "state") for h in named.values()])))
-
-
-def load_host_states(hosts, key: str, states: dict[str, dict]) -> None:
-    ray.get([hosts.named[name].call.remote(key, "load_state", s) for name, s in states.items()])
-
-
-def drain_hosts(hosts) -> tuple[list, dict, dict]:
-    """The round's ledger entries, FLOP totals and plug-in metrics from every party host."""
-    entries, flops, metrics = [], defaultdict(int), []
-    for e, f, m in ray.get([h.drain.remote() for h in hosts.all]):
-        entries += e
-        for k, v in f.items():
-            flops[k] += v
-        metrics.append(m)
-    return entries, dict(flops), merge_metrics(metrics)
+    def round_desc(self, r: int) -> str:
+        return f"round {r + 1}/{self.cfg.training.rounds}"
 
 
 def compose(plan: Plan, states: dict[str, dict]) -> ComposedNet:

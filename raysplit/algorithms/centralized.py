@@ -7,24 +7,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from raysplit.accounting import FlopMeter
-from raysplit.algorithms.base import Plan, merge_stats
+from raysplit.accounting import FlopMeter, merge_stats
+from raysplit.algorithms.base import Algorithm, Plan
 from raysplit.data import batches
 from raysplit.engine import make_optimizer
 from raysplit.host import configure_torch
+from raysplit.graph import INPUT, ComposedNet
 from raysplit.plugins import Plugins
 from raysplit.runtime import threads_for
-from raysplit.topology import INPUT, ComposedNet
 
 
-class Centralized:
+class Centralized(Algorithm):
     """The reference: the unsplit network trained in this process, no Ray, on all training data."""
 
     PARTY = "central"
-    SPLITS_THE_MODEL = False
+    splits_model = False
 
     def __init__(self, plan: Plan, capture_ledger: bool = False, progress: bool = True):
-        self.plan, self.cfg = plan, plan.cfg
+        super().__init__(plan, capture_ledger, progress)
         self.net = ComposedNet(plan.topology, copy.deepcopy(plan.modules))
         self.meter = FlopMeter()
         self.plugins = Plugins(copy.deepcopy(plan.plugins))
@@ -75,6 +75,3 @@ class Centralized:
 
     def model(self) -> ComposedNet:
         return self.net
-
-    def stop(self) -> None:
-        pass

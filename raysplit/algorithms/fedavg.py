@@ -3,10 +3,9 @@ of the clients; each trains the whole network for ``local_epochs`` on its own ba
 weights back; the server averages them weighted by the clients' sample counts."""
 from __future__ import annotations
 
-import ray
 from tqdm import tqdm
 
-from raysplit.algorithms.base import clients_by_host, merge_stats, next_item
+from raysplit.accounting import merge_stats
 from raysplit.algorithms.whole_model import WHOLE, WholeModelAlgorithm
 from raysplit.schedule import participants
 
@@ -16,21 +15,21 @@ class FedAvg(WholeModelAlgorithm):
         clients = participants(self.cfg, r)
         weights = self.on(self.server, "send_global", (r, 0), clients)
         # one streaming call per worker for all its clients: no Ray task per client
-        mine = clients_by_host(self.hosts, clients)
-        streams = {key: self.hosts.client_host[ks[0]].stream.options(num_returns="streaming").remote(
-            WHOLE, "train_clients", ks, r, weights) for key, ks in mine.items()}
+        hosts = self.hosts
+        mine = hosts.clients_by_host(clients)
+        streams = {key: hosts.stream(hosts.client_host[ks[0]], WHOLE, "train_clients", ks, r, weights)
+                   for key, ks in mine.items()}
         server_calls = []
-        desc = f"round {r + 1}/{self.cfg.training.rounds}"
-        with tqdm(clients, desc=desc, unit="client", leave=False, disable=not self.progress) as bar:
+        with tqdm(clients, desc=self.round_desc(r), unit="client", leave=False, disable=not self.progress) as bar:
             for k in bar:      # summed in client order as uploads arrive, so few are held at once
-                upload = next_item(streams[id(self.hosts.client_host[k])])
+                upload = hosts.next_item(streams[id(hosts.client_host[k])])
                 server_calls.append(self.on(self.server, "accumulate", upload))
         server_calls.append(self.on(self.server, "finish_average"))
         stats = {}          # each worker's clients' stats, last in its stream
         for key, ks in mine.items():
-            stats.update(zip(ks, ray.get(next_item(streams[key]))))
+            stats.update(zip(ks, hosts.get(hosts.next_item(streams[key]))))
         out: dict = {}
         for k in clients:   # merged in client order: the same float sums however clients are hosted
             merge_stats(out, stats[k])
-        ray.get(server_calls)          # surfaces any error of the server's calls
+        hosts.get(server_calls)          # surfaces any error of the server's calls
         return out

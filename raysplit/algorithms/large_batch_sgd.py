@@ -36,4 +36,4 @@ class LargeBatchSGD(WholeModelAlgorithm):
                     server_calls.append(self.on(self.server, "accumulate", uploads.pop(k)))
                 server_calls.append(self.on(self.server, "finish_step"))
                 step += 1
-        return self.collect(stats, server_calls, f"round {r + 1}/{cfg.training.rounds}")
+        return self.collect(stats, server_calls, self.round_desc(r))

@@ -35,19 +35,17 @@ import math
 import threading
 from contextlib import contextmanager, nullcontext
 
-import ray
-
-from raysplit.algorithms.base import (Plan, TrainStats, clients_by_host, compose, gather_stats, install,
-                                      next_item)
+from raysplit.accounting import TrainStats
+from raysplit.algorithms.base import compose
 from raysplit.algorithms.splitnn import SplitNN
 from raysplit.averaging import OrderedSums
 from raysplit.config import Resources
 from raysplit.data import batches
 from raysplit.engine import SEGMENTS, SegmentServer, SegmentStore, party_id
 from raysplit.errors import ConfigError
-from raysplit.runtime import connect, shared_training_set, start_hosts
+from raysplit.graph import CLIENT, ComposedNet, Topology
+from raysplit.hosts import Hosts
 from raysplit.schedule import interleave, participants
-from raysplit.topology import CLIENT, ComposedNet, Topology
 
 FED_SERVER = "fed_server"
 # the fed server only averages state dicts: no CPU reserved (so every config that fits without it still fits),
@@ -254,7 +252,7 @@ class SplitFed(SplitNN):
 
     FOLD_WINDOW = 4   # v1: finished clients per worker whose server-side copies may wait to be averaged
 
-    def __init__(self, plan: Plan, capture_ledger: bool = False, progress: bool = True):
+    def __init__(self, plan, capture_ledger: bool = False, progress: bool = True):
         super().__init__(plan, capture_ledger, progress)
         topo, cfg = plan.topology, plan.cfg
         if self.supports_topology(topo):
@@ -273,7 +271,6 @@ class SplitFed(SplitNN):
 
     def start(self) -> None:
         p, cfg = self.plan, self.cfg
-        connect(cfg.runtime.address)
         # v2's server-side hosts let a later step's call wait (in a thread) for its turn; over links, each
         # worker's link is served in a thread of its own for the whole call
         self.over_links = cfg.runtime.step_transport == "link"
@@ -284,43 +281,43 @@ class SplitFed(SplitNN):
             options = {"max_concurrency": cfg.runtime.workers + 2}
         point = self.averaging_point
         fed_server = {FED_SERVER: FED_SERVER_RESOURCES} if point == FED_SERVER else None
-        self.hosts = start_hosts(cfg, p.topology, p.modules, *shared_training_set(p.dataset),
-                                 p.client_indices, self.capture, role_options=options, plugins=p.plugins,
-                                 extra_roles=fed_server)
-        install(self.hosts, SEGMENTS, dict.fromkeys(self.hosts.workers, SplitFedWorker), self.hosts.modules, point,
-                cfg.runtime.step_transport)
+        self.hosts = hosts = Hosts.start(cfg, p, self.capture, role_options=options, extra_roles=fed_server)
+        hosts.install(SEGMENTS, dict.fromkeys(hosts.workers, SplitFedWorker), point, cfg.runtime.step_transport)
         client_init = {n: m.state_dict() for n, m in p.modules.items() if p.topology.segment(n).owner == CLIENT}
-        ray.get([h.install.remote(SEGMENTS, FedServer, point, client_init) if role == FED_SERVER else
-                 h.install.remote(SEGMENTS, SplitFedServer, self.hosts.modules, cfg.splitfed,
-                                  (point, client_init) if role == point else None)
-                 for role, h in self.hosts.roles.items()])
+        for role, h in hosts.roles.items():
+            if role == FED_SERVER:
+                hosts.install(SEGMENTS, {h: FedServer}, point, client_init, segments=None)
+            else:
+                hosts.install(SEGMENTS, {h: SplitFedServer}, cfg.splitfed, (point, client_init) if role == point else None)
 
     def run_round(self, r: int) -> dict:
-        order = participants(self.cfg, r)
-        roles = self.hosts.roles
-        opened = {role: h.call.remote(SEGMENTS, "open_round", r, order) for role, h in roles.items()}
-        ray.wait(list(opened.values()), num_returns=len(opened), fetch_local=False)  # open before any step
+        hosts, order = self.hosts, participants(self.cfg, r)
+        opened = {role: hosts.call(h, SEGMENTS, "open_round", r, order) for role, h in hosts.roles.items()}
+        hosts.wait(list(opened.values()))        # open before any step
         client_global = opened[self.averaging_point]
         entries = [(k, float(self.sizes[k])) for k in order]
         run = self._round_v2 if self.cfg.splitfed == "v2" else \
             self._round_v1_over_links if self.over_links else self._round_v1
         folds, stats = run(r, order, client_global, entries)
-        ray.get(folds)
-        ray.get([h.call.remote(SEGMENTS, "finish_round") for h in roles.values()])
-        return self._gather(r, stats)
+        hosts.get(folds)
+        hosts.get([hosts.call(h, SEGMENTS, "finish_round") for h in hosts.roles.values()])
+        return hosts.gather_stats(stats, self.round_desc(r), self.progress)
+
+    def _fold(self, clients: list, weights: list, stats: list) -> list:
+        """Each server-side host folds the clients' copies in; the averaging point takes their weights too."""
+        return [self.hosts.call(h, SEGMENTS, "fold", clients, *(weights if role == self.averaging_point else stats))
+                for role, h in self.hosts.roles.items()]
 
     def _round_v1(self, r, order, client_global, entries):
         """A task per client; the server averages each one's copies as soon as it and all before it are done."""
-        window = self.FOLD_WINDOW * len(self.hosts.workers)
+        hosts, window = self.hosts, self.FOLD_WINDOW * len(self.hosts.workers)
         folds, stats = [], []
         for i, (k, n) in enumerate(entries):
             if i >= window:   # bound the finished-but-not-yet-averaged server-side copies
-                ray.wait(folds[i - window], num_returns=len(folds[i - window]), fetch_local=False)
+                hosts.wait(folds[i - window])
             plan = [(j, k, j) for j in range(self.steps[k])]
-            weights, st = self.hosts.client_host[k].call.options(num_returns=2).remote(
-                SEGMENTS, "train", r, plan, client_global)
-            folds.append([h.call.remote(SEGMENTS, "fold", [(k, n)], weights if role == self.averaging_point else st)
-                          for role, h in self.hosts.roles.items()])
+            weights, st = hosts.call(hosts.client_host[k], SEGMENTS, "train", r, plan, client_global, returns=2)
+            folds.append(self._fold([(k, n)], [weights], [st]))
             stats.append(st)
         return [f for fs in folds for f in fs], stats
 
@@ -328,37 +325,33 @@ class SplitFed(SplitNN):
         """A streaming call per worker, its clients one after another over its links; each client's copies
         are averaged as it is done, in canonical order. Backpressure keeps a worker at most FOLD_WINDOW
         finished clients ahead of the driver, which folds in canonical order."""
-        mine = clients_by_host(self.hosts, order)
-        streams = {key: self.hosts.client_host[ks[0]].stream.options(
-            num_returns="streaming", _generator_backpressure_num_objects=self.FOLD_WINDOW).remote(
-            SEGMENTS, "train_clients", r, ks, {k: self.steps[k] for k in ks}, client_global)
-            for key, ks in mine.items()}
+        hosts = self.hosts
+        mine = hosts.clients_by_host(order)
+        streams = {key: hosts.stream(hosts.client_host[ks[0]], SEGMENTS, "train_clients", r, ks,
+                                     {k: self.steps[k] for k in ks}, client_global, window=self.FOLD_WINDOW)
+                   for key, ks in mine.items()}
         folds = []
         for k, n in entries:     # a client's item comes once it is done: its server-side copies are final
-            weights = next_item(streams[id(self.hosts.client_host[k])])
-            folds += [h.call.remote(SEGMENTS, "fold", [(k, n)], *([weights] if role == self.averaging_point else []))
-                      for role, h in self.hosts.roles.items()]
-        stats = [(next_item(streams[key]), len(ks)) for key, ks in mine.items()]
+            weights = hosts.next_item(streams[id(hosts.client_host[k])])
+            folds += self._fold([(k, n)], [weights], [])
+        stats = [(hosts.next_item(streams[key]), len(ks)) for key, ks in mine.items()]
         return folds, stats
 
     def _round_v2(self, r, order, client_global, entries):
         """A task per worker running its clients' steps in ticket order; then one fold of all clients."""
-        index = {id(h): i for i, h in enumerate(self.hosts.workers)}
+        hosts = self.hosts
+        index = {id(h): i for i, h in enumerate(hosts.workers)}
         plans: dict[int, list] = {}
         for ticket, (k, j) in enumerate(interleave(order, {k: self.steps[k] for k in order})):
-            plans.setdefault(index[id(self.hosts.client_host[k])], []).append((ticket, k, j))
-        results = [self.hosts.workers[w].call.options(num_returns=2).remote(SEGMENTS, "train", r, plan, client_global)
+            plans.setdefault(index[id(hosts.client_host[k])], []).append((ticket, k, j))
+        results = [hosts.call(hosts.workers[w], SEGMENTS, "train", r, plan, client_global, returns=2)
                    for w, plan in sorted(plans.items())]
         weights, stats = [w for w, _ in results], [st for _, st in results]
-        folds = [h.call.remote(SEGMENTS, "fold", entries, *(weights if role == self.averaging_point else stats))
-                 for role, h in self.hosts.roles.items()]
-        return folds, stats
-
-    def _gather(self, r: int, stats: list) -> dict:
-        return gather_stats(stats, f"round {r + 1}/{self.cfg.training.rounds}", self.progress)
+        return self._fold(entries, weights, stats), stats
 
     def model(self) -> ComposedNet:
-        states = dict(ray.get(self.hosts.roles[self.averaging_point].call.remote(SEGMENTS, "global_client_weights")))
-        for h in self.hosts.roles.values():
-            states.update(ray.get(h.call.remote(SEGMENTS, "segment_states")))
+        hosts = self.hosts
+        states = dict(hosts.get(hosts.call(hosts.roles[self.averaging_point], SEGMENTS, "global_client_weights")))
+        for h in hosts.roles.values():
+            states.update(hosts.get(hosts.call(h, SEGMENTS, "segment_states")))
         return compose(self.plan, states)

@@ -11,17 +11,14 @@ from __future__ import annotations
 import logging
 from contextlib import nullcontext
 
-import ray
-
-from raysplit.accounting import receive
-from raysplit.algorithms.base import (Plan, TrainStats, compose, drain_hosts, gather_stats, host_states, install,
-                                      load_host_states)
+from raysplit.accounting import TrainStats, receive
+from raysplit.algorithms.base import Algorithm, compose
 from raysplit.data import batches
 from raysplit.engine import SEGMENTS, SegmentServer, party_id
-from raysplit.link import Mesh, resolve
-from raysplit.runtime import Hosts, connect, shared_training_set, start_hosts, stop_hosts
+from raysplit.graph import CLIENT, ComposedNet
+from raysplit.hosts import Hosts
+from raysplit.link import Mesh, opened
 from raysplit.schedule import client_order
-from raysplit.topology import CLIENT, ComposedNet
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +90,7 @@ class SequentialTurns(SegmentServer):
 
     def _relay(self, payload: dict, dst: str, round_: int) -> dict:
         reply = self.engine.call_peer("server", "relay", 1, payload, dst, round_)
-        return ray.get(reply) if isinstance(reply, ray.ObjectRef) else resolve(reply)
+        return opened(reply)
 
     # a round over links: one call per worker host, hand-offs straight from host to host (link.Mesh)
 
@@ -122,36 +119,32 @@ class SequentialTurns(SegmentServer):
         return (payload if hosts[-1] == me else None), stats.as_lists()
 
 
-class SplitNN:
+class SplitNN(Algorithm):
     """Sequential split learning: clients take turns; client-side weights and optimizer state are handed
     on to the next client, peer-to-peer or through the server (``handoff``)."""
 
-    def __init__(self, plan: Plan, capture_ledger: bool = False, progress: bool = True):
-        self.plan, self.cfg, self.capture, self.progress = plan, plan.cfg, capture_ledger, progress
-        self.hosts: Hosts | None = None
-        self.state_ref = None
+    def __init__(self, plan, capture_ledger: bool = False, progress: bool = True):
+        super().__init__(plan, capture_ledger, progress)
+        self.state_ref = None          # the hand-off in flight to the next run of turns (a handle)
         self.over_links = False
 
     def start(self) -> None:
-        p = self.plan
+        p, cfg = self.plan, self.cfg
         self.state_ref = None
-        connect(self.cfg.runtime.address)
-        cfg = self.cfg
         over_links = cfg.runtime.step_transport == "link" and CLIENT in p.topology.roles
         # over links, each worker host holds a link to the server for the whole round: the server serves them
         # in threads of its own (one run of turns at a time, as the turns are sequential)
         options = {"max_concurrency": cfg.runtime.workers + 2} if over_links else None
-        self.hosts = start_hosts(cfg, p.topology, p.modules, *shared_training_set(p.dataset),
-                                 p.client_indices, self.capture, p.holder_ids, role_options=options, plugins=p.plugins)
-        install(self.hosts, SEGMENTS, dict.fromkeys(self.hosts.all, SequentialTurns), self.hosts.modules,
-                cfg.runtime.step_transport, cfg.handoff)
+        self.hosts = Hosts.start(cfg, p, self.capture, role_options=options)
+        self.hosts.install(SEGMENTS, dict.fromkeys(self.hosts.all, SequentialTurns), cfg.runtime.step_transport,
+                           cfg.handoff)
         self.order = client_order(cfg, 0)
         self.over_links = over_links and self._join_mesh()
 
     def _join_mesh(self) -> bool:
-        workers = self.hosts.workers
-        addresses = ray.get([w.call.remote(SEGMENTS, "mesh_address") for w in workers])
-        if all(ray.get([w.call.remote(SEGMENTS, "join_mesh", i, addresses) for i, w in enumerate(workers)])):
+        hosts, workers = self.hosts, self.hosts.workers
+        addresses = hosts.get([hosts.call(w, SEGMENTS, "mesh_address") for w in workers])
+        if all(hosts.get([hosts.call(w, SEGMENTS, "join_mesh", i, addresses) for i, w in enumerate(workers)])):
             return True
         log.warning("worker hosts cannot connect to each other: hand-offs go through the driver, a call per run")
         return False
@@ -165,7 +158,7 @@ class SplitNN:
         else:
             refs = self._round_by_calls(r, order, first_next)
         self.order = next_order
-        return gather_stats(refs, f"round {r + 1}/{self.cfg.training.rounds}", self.progress)
+        return self.hosts.gather_stats(refs, self.round_desc(r), self.progress)
 
     def _round_by_calls(self, r: int, order: list[int], first_next: int | None) -> list:
         """A call per run of turns; the driver passes each hand-off (an ObjectRef) on to the next call."""
@@ -177,10 +170,10 @@ class SplitNN:
             # client-side weights move on to the next client; topologies without clients have nothing to hand on
             dst = None if k_next is None or not has_clients else party_id(CLIENT, k_next)
             via_server = self.cfg.handoff == "server" and dst is not None
-            state_ref, stats_ref = self.hosts.client_host[run[0]].call.options(num_returns=2).remote(
-                SEGMENTS, "train_turns", run, r, self.state_ref, "server" if via_server else dst)
+            state_ref, stats_ref = self.hosts.call(self.hosts.client_host[run[0]], SEGMENTS, "train_turns", run, r,
+                                                   self.state_ref, "server" if via_server else dst, returns=2)
             if via_server:
-                state_ref = self.hosts.roles["server"].call.remote(SEGMENTS, "relay", state_ref, dst, r)
+                state_ref = self.hosts.call(self.hosts.roles["server"], SEGMENTS, "relay", state_ref, dst, r)
             self.state_ref = state_ref
             refs.append((stats_ref, len(run)))
         return refs
@@ -192,8 +185,8 @@ class SplitNN:
         last_next = None if first_next is None else party_id(CLIENT, first_next)
         outs, refs = [], []
         for i, w in enumerate(workers):
-            out, stats = w.call.options(num_returns=2).remote(SEGMENTS, "train_round", runs, hosts, i, r,
-                                                              self.state_ref if hosts[0] == i else None, last_next)
+            out, stats = self.hosts.call(w, SEGMENTS, "train_round", runs, hosts, i, r,
+                                         self.state_ref if hosts[0] == i else None, last_next, returns=2)
             outs.append(out)
             refs.append((stats, sum(len(run) for run, h in zip(runs, hosts) if h == i)))
         self.state_ref = outs[hosts[-1]]
@@ -212,26 +205,19 @@ class SplitNN:
                 runs.append([k])
         return runs
 
-    def drain(self) -> tuple[list, dict, dict]:
-        return drain_hosts(self.hosts)
-
     def state(self) -> dict:
         """Every host's segments and optimizers, and the hand-off in flight to the next round's first client."""
-        handoff = receive(ray.get(self.state_ref)) if self.state_ref is not None else None
-        return {"hosts": host_states(self.hosts, SEGMENTS), "handoff": handoff}
+        handoff = receive(self.hosts.get(self.state_ref)) if self.state_ref is not None else None
+        return {"hosts": self.hosts.states(SEGMENTS), "handoff": handoff}
 
     def restore(self, state: dict, round_: int) -> None:
-        """Continue at the start of ``round_`` from ``state`` (hosts just started)."""
-        load_host_states(self.hosts, SEGMENTS, state["hosts"])
-        self.state_ref = None if state["handoff"] is None else ray.put(state["handoff"])
+        self.hosts.load_states(SEGMENTS, state["hosts"])
+        self.state_ref = None if state["handoff"] is None else self.hosts.put(state["handoff"])
         self.order = client_order(self.cfg, round_)
 
     def model(self) -> ComposedNet:
-        states = dict(receive(ray.get(self.state_ref)["model"])) if self.state_ref is not None else {}
-        for h in self.hosts.roles.values():
-            states.update(ray.get(h.call.remote(SEGMENTS, "segment_states")))
+        hosts = self.hosts
+        states = dict(receive(hosts.get(self.state_ref)["model"])) if self.state_ref is not None else {}
+        for h in hosts.roles.values():
+            states.update(hosts.get(hosts.call(h, SEGMENTS, "segment_states")))
         return compose(self.plan, states)
-
-    def stop(self) -> None:
-        stop_hosts(self.hosts)
-        self.hosts = None

@@ -13,17 +13,16 @@ from __future__ import annotations
 import copy
 
 import numpy as np
-import ray
 import torch
 from torch import nn
 
-from raysplit.algorithms.base import (Plan, TrainStats, drain_hosts, gather_stats, host_states, install,
-                                      load_host_states)
+from raysplit.accounting import TrainStats
+from raysplit.algorithms.base import Algorithm
 from raysplit.averaging import WeightedSums
 from raysplit.data import batches
 from raysplit.engine import detached_state, make_optimizer, party_id
-from raysplit.runtime import Hosts, connect, shared_training_set, start_hosts, stop_hosts
-from raysplit.topology import CLIENT, ComposedNet, Topology
+from raysplit.graph import CLIENT, ComposedNet, Topology
+from raysplit.hosts import Hosts
 
 SERVER = "server"
 WHOLE = "whole"          # the key the programs are installed under
@@ -177,17 +176,13 @@ class WholeModelServer(WholeModelProgram):
                     b.copy_(avg[name])
 
 
-class WholeModelAlgorithm:
+class WholeModelAlgorithm(Algorithm):
     """The driver FedAvg and large-batch SGD share; each defines ``run_round``. A variant that changes what
     clients or the server do names its own program classes here."""
 
-    SPLITS_THE_MODEL = False          # no activations or cut gradients cross: nothing for cut-layer attacks
+    splits_model = False              # no activations or cut gradients cross: nothing for cut-layer attacks
     CLIENT_PROGRAM: type = WholeModelClient
     SERVER_PROGRAM: type = WholeModelServer
-
-    def __init__(self, plan: Plan, capture_ledger: bool = False, progress: bool = True):
-        self.plan, self.cfg, self.capture, self.progress = plan, plan.cfg, capture_ledger, progress
-        self.hosts: Hosts | None = None
 
     @classmethod
     def supports_topology(cls, topology: Topology) -> str | None:
@@ -199,39 +194,29 @@ class WholeModelAlgorithm:
         return None
 
     def start(self) -> None:
-        p = self.plan
-        connect(self.cfg.runtime.address)
-        self.hosts = start_hosts(self.cfg, p.topology, p.modules, *shared_training_set(p.dataset),
-                                 p.client_indices, self.capture, other_roles=[SERVER], plugins=p.plugins)
+        self.hosts = Hosts.start(self.cfg, self.plan, self.capture, other_roles=[SERVER])
         self.server = self.hosts.roles[SERVER]
         # the seeded initial network: the same start as SplitNN
         programs = {**dict.fromkeys(self.hosts.workers, self.CLIENT_PROGRAM), self.server: self.SERVER_PROGRAM}
-        install(self.hosts, WHOLE, programs, self.hosts.modules)
+        self.hosts.install(WHOLE, programs, segments="all")
 
     def on(self, host, method: str, *args, num_returns: int = 1):
         """Call a method of the program on ``host`` (no wait)."""
-        return host.call.options(num_returns=num_returns).remote(WHOLE, method, *args)
+        return self.hosts.call(host, WHOLE, method, *args, returns=num_returns)
 
     def collect(self, stats_refs: list, server_refs: list, desc: str) -> dict:
         """Merge the clients' train stats as they arrive; wait for (and surface any error of) the server's calls."""
-        out = gather_stats(stats_refs, desc, self.progress, unit="call")
-        ray.get(server_refs)
+        out = self.hosts.gather_stats(stats_refs, desc, self.progress, unit="call")
+        self.hosts.get(server_refs)
         return out
 
-    def drain(self) -> tuple[list, dict, dict]:
-        return drain_hosts(self.hosts)
-
     def state(self) -> dict:
-        return {"hosts": host_states(self.hosts, WHOLE)}
+        return {"hosts": self.hosts.states(WHOLE)}
 
     def restore(self, state: dict, round_: int) -> None:
-        load_host_states(self.hosts, WHOLE, state["hosts"])
+        self.hosts.load_states(WHOLE, state["hosts"])
 
     def model(self) -> ComposedNet:
         net = ComposedNet(self.plan.topology, copy.deepcopy(self.plan.modules))
-        net.load_state_dict(ray.get(self.on(self.server, "whole_state")))
+        net.load_state_dict(self.hosts.get(self.on(self.server, "whole_state")))
         return net
-
-    def stop(self) -> None:
-        stop_hosts(self.hosts)
-        self.hosts = None
