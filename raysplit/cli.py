@@ -1,4 +1,9 @@
-"""The ``raysplit`` command: run | compare | sweep | validate | infer | costs | codecs | plot."""
+"""The ``raysplit`` command: run | compare | sweep | validate | infer | costs | codecs | plot.
+
+The top floor (tests/test_floors.py): the one module that may import both raysplit's application and
+``analysis`` (whose commands costs | codecs | plot are). Each command imports what it runs when it runs, so
+``raysplit -h`` and a refused config answer without loading torch, Ray or matplotlib.
+"""
 from __future__ import annotations
 
 import argparse
@@ -111,7 +116,6 @@ def cmd_validate(args) -> int:
     import yaml
 
     from raysplit import config
-    from raysplit.errors import RaysplitError
     from raysplit.experiment import prepare
 
     bad = 0

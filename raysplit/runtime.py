@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import ray._private.worker as worker     # its unhandled-error hook: Ray's own tests replace it the same way
 from ray.util.placement_group import placement_group, remove_placement_group
 
 from raysplit import console, registry
@@ -59,8 +60,6 @@ def quiet_lost_party_errors() -> None:
     lost party itself (the recovery warning, or PartyLost's one line), so these would only be a stack of noise,
     possibly in a later run. Every other unhandled error is still logged. (A call whose argument a dead host
     owed is a RayActorError too; a host whose link's other end died fails with LinkBroken.)"""
-    import ray._private.worker as worker     # the hook Ray calls; its tests replace it the same way
-
     report = worker._unhandled_error_handler
     if getattr(report, "keeps_lost_parties_quiet", False):
         return
