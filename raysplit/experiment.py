@@ -1,9 +1,9 @@
 """One experiment: prepare (validate everything), run the rounds, write the results directory (results.py).
 
-The results directory is written under a hidden ``.NAME.partial`` name, its tables rewritten after every round (readable at any
-moment), and renamed when the run completes; bad input is refused before anything is written at all. An
-interrupted run continues from its last checkpoint (``run(..., resume=partial_dir)``); a party host that
-dies is restarted and the run replayed from the last checkpoint, with bitwise the same results.
+The results directory is written under a hidden ``.NAME.partial`` name, its tables rewritten after every
+round (readable at any moment), and renamed when the run completes; bad input is refused before anything is
+written at all. An interrupted run continues from its last checkpoint (``run(..., resume=partial_dir)``); a
+party host that dies is restarted and the run replayed from the last checkpoint, with bitwise the same results.
 """
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def check_trainable(cfg: ExperimentConfig, topology: Topology, modules: dict[str
             layers = ", ".join(n for n, _ in modules[seg.name].named_children()) or "no layers"
             raise ConfigError("model.cut_layers", cuts, f"cuts that leave every segment a layer with parameters "
                               f"(segment {seg.name}, held by {seg.owner}, would hold only {layers}: nothing to train)")
-    # torch.tensor copies: the arrays may be read-only views of Ray's object store (runtime.shared_training_set)
+    # torch.tensor copies: the arrays may be read-only views of Ray's object store (hosts.shared_training_set)
     x, y = torch.tensor(dataset.train_x[:2]), torch.tensor(dataset.train_y[:2])
     model = cfg.model.name
     with torch.random.fork_rng(devices=[]):

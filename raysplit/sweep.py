@@ -164,7 +164,7 @@ class SweepResult:
 
 
 def host_requests(cfg, plan) -> list:
-    """(field, Resources) per party host the run will start, as ``runtime.start_hosts`` counts them (at
+    """(field, Resources) per party host the run will start, as ``hosts.start_hosts`` counts them (at
     least one non-client host: the whole-model algorithms start just the server)."""
     roles = plan.topology.roles
     n_workers = min(cfg.runtime.workers, len(plan.client_indices)) if CLIENT in roles else 0
