@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from raysplit.config import TrainingConfig
-from raysplit.link import Link, close_links, open_links, resolve
 from raysplit.graph import CLIENT, INPUT, Segment, eval_mode
+from raysplit.link import Link, close_links, open_links, resolve
 
 SEGMENTS = "segments"      # the key every split algorithm installs its segment-serving program under
 

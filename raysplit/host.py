@@ -20,8 +20,8 @@ import torch
 from raysplit import link
 from raysplit.accounting import FlopMeter, Ledger, receive
 from raysplit.config import TrainingConfig
-from raysplit.plugins import Plugin, Plugins
 from raysplit.graph import Topology
+from raysplit.plugins import Plugin, Plugins
 
 
 def configure_torch(threads: int, deterministic: bool) -> None:

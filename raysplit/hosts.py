@@ -49,11 +49,11 @@ class Hosts:
     placement_group: Any = None
 
     @classmethod
-    def start(cls, cfg: ExperimentConfig, plan, capture_ledger: bool = False, **options) -> "Hosts":
+    def start(cls, plan, capture_ledger: bool = False, **options) -> "Hosts":
         """Connect to Ray (local or the config's cluster) and start the hosts of a prepared plan (``start_hosts``'
         options: ``other_roles``, ``role_options``, ``extra_roles``)."""
-        connect(cfg.runtime.address)
-        return start_hosts(cfg, plan.topology, plan.modules, *shared_training_set(plan.dataset), plan.client_indices,
+        connect(plan.cfg.runtime.address)
+        return start_hosts(plan.cfg, plan.topology, plan.modules, *shared_training_set(plan.dataset), plan.client_indices,
                            capture_ledger, plan.holder_ids, plugins=plan.plugins, **options)
 
     @property

@@ -37,7 +37,7 @@ class SegmentNames:
 ])
 def test_a_host_is_installed_with_the_segments_of_its_roles_only(ray_session, topology, cuts, expected):
     plan = experiment.prepare(small_config(f"topology={topology}", f"model.cut_layers={cuts}"))
-    hosts = Hosts.start(plan.cfg, plan)
+    hosts = Hosts.start(plan)
     try:
         hosts.install(SEGMENTS, dict.fromkeys(hosts.all, SegmentNames))
         own = {name: hosts.get(hosts.call(h, SEGMENTS, "names_installed")) for name, h in hosts.named.items()}

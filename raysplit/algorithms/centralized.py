@@ -11,8 +11,8 @@ from raysplit.accounting import FlopMeter, merge_stats
 from raysplit.algorithms.base import Algorithm, Plan
 from raysplit.data import batches
 from raysplit.engine import make_optimizer
-from raysplit.host import configure_torch
 from raysplit.graph import INPUT, ComposedNet
+from raysplit.host import configure_torch
 from raysplit.plugins import Plugins
 from raysplit.runtime import threads_for
 

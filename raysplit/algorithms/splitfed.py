@@ -281,7 +281,7 @@ class SplitFed(SplitNN):
             options = {"max_concurrency": cfg.runtime.workers + 2}
         point = self.averaging_point
         fed_server = {FED_SERVER: FED_SERVER_RESOURCES} if point == FED_SERVER else None
-        self.hosts = hosts = Hosts.start(cfg, p, self.capture, role_options=options, extra_roles=fed_server)
+        self.hosts = hosts = Hosts.start(p, self.capture, role_options=options, extra_roles=fed_server)
         hosts.install(SEGMENTS, dict.fromkeys(hosts.workers, SplitFedWorker), point, cfg.runtime.step_transport)
         client_init = {n: m.state_dict() for n, m in p.modules.items() if p.topology.segment(n).owner == CLIENT}
         for role, h in hosts.roles.items():

@@ -135,7 +135,7 @@ class SplitNN(Algorithm):
         # over links, each worker host holds a link to the server for the whole round: the server serves them
         # in threads of its own (one run of turns at a time, as the turns are sequential)
         options = {"max_concurrency": cfg.runtime.workers + 2} if over_links else None
-        self.hosts = Hosts.start(cfg, p, self.capture, role_options=options)
+        self.hosts = Hosts.start(p, self.capture, role_options=options)
         self.hosts.install(SEGMENTS, dict.fromkeys(self.hosts.all, SequentialTurns), cfg.runtime.step_transport,
                            cfg.handoff)
         self.order = client_order(cfg, 0)

@@ -194,7 +194,7 @@ class WholeModelAlgorithm(Algorithm):
         return None
 
     def start(self) -> None:
-        self.hosts = Hosts.start(self.cfg, self.plan, self.capture, other_roles=[SERVER])
+        self.hosts = Hosts.start(self.plan, self.capture, other_roles=[SERVER])
         self.server = self.hosts.roles[SERVER]
         # the seeded initial network: the same start as SplitNN
         programs = {**dict.fromkeys(self.hosts.workers, self.CLIENT_PROGRAM), self.server: self.SERVER_PROGRAM}
