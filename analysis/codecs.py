@@ -20,6 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker as ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from raysplit import config as config_mod  # noqa: E402
+from raysplit.data import load_dataset  # noqa: E402
 from raysplit.errors import RaysplitError  # noqa: E402
 
 # name -> (activation codec, gradient codec); the top-k ratio is the config's compression.topk_ratio
@@ -33,14 +35,15 @@ VARIANTS = {
 
 
 def run_variants(config: str, overrides: list[str], out: Path, progress: bool = True) -> pd.DataFrame:
-    from raysplit import config as config_mod
-    from raysplit.data import load_dataset
-    from raysplit.experiment import _check_free, prepare, run
+    # here, not at the top: these load torch and Ray, which `raysplit codecs -h` and a refused config do
+    # without (as raysplit/cli.py's commands do)
+    from raysplit.experiment import prepare, run
+    from raysplit.results import check_free
 
     cfgs = {name: config_mod.load(config, [*overrides, f"compression.activation={a or 'null'}",
                                            f"compression.gradient={g or 'null'}"])
             for name, (a, g) in VARIANTS.items()}
-    _check_free(out)
+    check_free(out)
     first = next(iter(cfgs.values()))
     dataset = load_dataset(first.data, first.seed)        # every variant trains on the same data
     rows = []
@@ -84,8 +87,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     try:
-        from raysplit import config as config_mod
-
         name = config_mod.load(args.config, args.set).name
         out = Path(args.out or f"results/{name}-codecs")
         table = run_variants(args.config, args.set, out, progress=not args.quiet)

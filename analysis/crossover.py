@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from analysis.cost_model import fedavg_costs, splitnn_costs
 
 
@@ -71,11 +73,11 @@ def crossover_clients(s: Scenario, **kwargs) -> int | None:
 
 
 def _client_grid(total_samples: int, top: int = 10_000) -> list[int]:
-    import numpy as np
     return sorted({int(round(x)) for x in np.logspace(0, np.log10(min(top, total_samples)), 90)})
 
 
 def plot_crossover(out: str | Path = "analysis/figures/crossover.png") -> Path:
+    # pyplot here, not at the top: bytes_per_client and crossover_clients need no figures
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

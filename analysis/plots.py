@@ -18,7 +18,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from raysplit import config as config_mod  # noqa: E402
 from raysplit.errors import RaysplitError  # noqa: E402
+from raysplit.network import describe, load_network, network_for  # noqa: E402
 
 COLORS = {"splitnn": "tab:blue", "fedavg": "tab:red", "large_batch_sgd": "tab:green", "splitfed": "tab:purple",
           "centralized": "black"}
@@ -45,7 +47,9 @@ def load_runs(paths: list[str | Path], network: dict | None = None) -> pd.DataFr
     """All rounds of all runs, one row per (run, round), with the run's directory in column ``run``.
     ``network``: re-price every run's simulated time on this network (a raw ``network:`` mapping); runs
     written before the network model get theirs computed from their tables."""
-    from raysplit.network import simulate
+    # here, not at the top: raysplit.results loads torch and Ray, which plotting runs that already carry
+    # their simulated time (and ``import analysis.plots``) does without
+    from raysplit.results import simulate
 
     frames = []
     for run in find_runs(paths):
@@ -179,9 +183,6 @@ def sim_time_panels(paths: list[str | Path], networks: dict[str, dict | None]) -
 
 
 def _network_line(paths: list[str | Path], network: dict | None) -> str:
-    from raysplit import config as config_mod
-    from raysplit.network import describe, network_for
-
     try:
         cfg = config_mod.load(find_runs(paths)[0] / "config.yaml")
     except RaysplitError:
@@ -193,8 +194,6 @@ def make_report(paths: list[str | Path], out: str | Path, networks: list[str | P
     """Write every figure and report.md (figures + table) into ``out``; return {name: path}. ``networks``:
     YAML files with a ``network:`` section; the first re-prices the simulated times, and with several,
     accuracy_vs_sim_time_networks.png draws one panel per network."""
-    from raysplit.network import load_network
-
     loaded = {Path(p).stem: load_network(p) for p in networks}
     df = load_runs(paths, next(iter(loaded.values()), None))
     out = Path(out)

@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from analysis.cost_model import fedavg_costs, large_batch_sgd_costs, segment_costs, splitnn_costs
-from raysplit.config import NetworkConfig
-from raysplit.network import Link, Network
+from raysplit.config import LinkConfig, NetworkConfig
+from raysplit.network import Link, Network, describe
 
 
 @dataclass(frozen=True)
@@ -117,15 +120,10 @@ def _mark_crossover(ax, xs, split, fed, color) -> None:
 def plot_time_crossover(out="crossover_time.png", network: NetworkConfig | None = None):
     """Time of one epoch (SplitNN) vs one round of one local epoch (FedAvg), as the number of clients, the data
     per client, the model and the client uplink vary; each panel varies one from a Fashion-MNIST baseline."""
-    from pathlib import Path
-
+    # pyplot here, not at the top: the closed forms above (raysplit costs query, the tests) need no figures
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
-
-    from raysplit.config import LinkConfig
-    from raysplit.network import describe
 
     network = network or NetworkConfig()
     base = dict(model="fmnist_cnn", input_shape=(1, 28, 28), num_classes=10, cut="pool1", n=600, clients=100)

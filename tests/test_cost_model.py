@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from analysis import cost_model as cm
+from analysis import costs
 from analysis import paper
 from analysis.crossover import Scenario, bytes_per_client, crossover_clients
 from analysis.paper_tables import PerUnitFit, SplitFit, table1_fits
@@ -217,7 +218,7 @@ QUERY = ["query", "--model", "fmnist_cnn", "--input-shape", "1,28,28", "--classe
 
 
 def test_query_prints_the_three_methods(capsys):
-    assert cm.main(QUERY) == 0
+    assert costs.main(QUERY) == 0
     out = capsys.readouterr().out
     assert all(m in out for m in ("splitnn", "fedavg", "large_batch_sgd"))
 
@@ -230,11 +231,11 @@ def test_bad_query_returns_2_with_one_line(capsys, change):
         argv[argv.index(change[0]) + 1] = change[1]
     else:
         argv += list(change)
-    assert cm.main(argv) == 2
+    assert costs.main(argv) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
 
 
 def test_missing_subcommand_returns_2(capsys):
-    assert cm.main([]) == 2
+    assert costs.main([]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
