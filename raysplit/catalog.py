@@ -42,9 +42,16 @@ def check(cfg: ExperimentConfig) -> None:
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
-    """A config file read (config.load) and its names checked: for what reads a config without preparing a
-    run (a finished run's directory: its model, its inference, its simulated time)."""
+    """A config file read (config.load) and its names checked: ``raysplit.load_config``, and what reads a config
+    without preparing a run (a finished run's directory: its model, its inference, its simulated time)."""
     cfg = config.load(path, list(overrides))
+    check(cfg)
+    return cfg
+
+
+def config_from_dict(raw: dict | None, overrides: list[str] = ()) -> ExperimentConfig:
+    """``config.from_dict`` with the names checked, as ``load_config`` does for a file."""
+    cfg = config.from_dict(raw, list(overrides))
     check(cfg)
     return cfg
 

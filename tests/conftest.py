@@ -45,8 +45,9 @@ def raysplit_here(ray_session, capfd, monkeypatch):
 
 
 def small_config(*sets: str):
-    """A tiny synthetic experiment: fast enough to run many times per test session."""
-    from raysplit import config
+    """A tiny synthetic experiment: fast enough to run many times per test session (its names checked, as
+    ``raysplit.load_config`` checks a file's)."""
+    from raysplit import catalog
 
     raw = {
         "name": "test", "seed": 7,
@@ -56,7 +57,7 @@ def small_config(*sets: str):
         "training": {"rounds": 2, "batch_size": 16, "lr": 0.05, "momentum": 0.9},
         "runtime": {"workers": 1, "worker": {"num_cpus": 0.5}, "server": {"num_cpus": 0.5}},
     }
-    return config.from_dict(raw, list(sets))
+    return catalog.config_from_dict(raw, list(sets))
 
 
 _SHARED_RUNS: dict = {}

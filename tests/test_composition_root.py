@@ -51,6 +51,7 @@ def test_a_host_is_installed_with_the_segments_of_its_roles_only(ray_session, to
 
 
 def test_a_run_loads_its_config_once_and_builds_its_plugins_once(raysplit_here, tmp_path, monkeypatch):
+    raw = config.to_dict(small_config("training.rounds=1"))
     loads = []
     real_load = config.load
     monkeypatch.setattr(config, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
@@ -58,7 +59,6 @@ def test_a_run_loads_its_config_once_and_builds_its_plugins_once(raysplit_here, 
     real_check = catalog.check
     monkeypatch.setattr(catalog, "check", lambda cfg: checks.append(cfg.name) or real_check(cfg))
     path = tmp_path / "c.yaml"
-    raw = config.to_dict(small_config("training.rounds=1"))
     raw["plugins"] = [{"name": "test_composition_root:CountedPlugin", "tag": "x"}]
     path.write_text(yaml.safe_dump(raw))
     BUILT.clear()
