@@ -33,6 +33,7 @@ from raysplit.runtime import check_capacity, connect, reserve, threads_for
 log = logging.getLogger("raysplit")
 
 HOST_START_TIMEOUT_S = 300
+PING_TIMEOUT_S = 30
 # what a call raises when a party host it needed is gone (the experiment restarts the hosts and replays)
 LOST_PARTY = ray.exceptions.RayError
 
@@ -160,29 +161,21 @@ class Hosts:
         ray.get([self.named[name].call.remote(key, "load_state", s) for name, s in states.items()])
 
     def dead(self) -> list[str]:
-        return dead_hosts(self)
+        """The names of the party hosts whose process is gone (a host that does not answer in time counts too)."""
+        pings = {name: h.ping.remote() for name, h in self.named.items()}
+        ready, _ = ray.wait(list(pings.values()), num_returns=len(pings), timeout=PING_TIMEOUT_S)
+        dead = []
+        for name, ref in pings.items():
+            try:
+                if ref not in ready:
+                    raise TimeoutError
+                ray.get(ref)
+            except (ray.exceptions.RayActorError, TimeoutError):
+                dead.append(name)
+        return dead
 
     def stop(self) -> None:
         stop_hosts(self)
-
-
-PING_TIMEOUT_S = 30
-
-
-def dead_hosts(hosts: Hosts) -> list[str]:
-    """The names of the party hosts whose process is gone (a host that does not answer in time counts too)."""
-    named = hosts.named
-    pings = {name: h.ping.remote() for name, h in named.items()}
-    ready, _ = ray.wait(list(pings.values()), num_returns=len(pings), timeout=PING_TIMEOUT_S)
-    dead = []
-    for name, ref in pings.items():
-        try:
-            if ref not in ready:
-                raise TimeoutError
-            ray.get(ref)
-        except (ray.exceptions.RayActorError, TimeoutError):
-            dead.append(name)
-    return dead
 
 
 # arrays the driver swapped for views of their object-store copy: id(view) -> (the view, weakly; its ref; the node)

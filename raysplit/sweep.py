@@ -140,10 +140,9 @@ def _slug(point: dict) -> str:
 class Trial:
     name: str
     point: dict                       # field -> value
-    overrides: list[str]              # the base overrides, then the point's
     out: Path
     requests: list                    # (config field, Resources) of each party host the run starts
-    cfg: ExperimentConfig | None = None   # the setting's config, loaded and checked once (the trial runs it)
+    cfg: ExperimentConfig             # the setting's config, loaded and checked once (the trial runs it)
 
     @property
     def bundles(self) -> list[dict]:
@@ -192,7 +191,7 @@ def plan_trials(config_path, overrides: list[str], grid: dict[str, list], out: P
             raise ConfigError("runtime.placement", cfg.runtime.placement,
                               "null in a sweep (each trial reserves its party hosts as one placement group)")
         name = f"{i:03d}-{_slug(point)}"
-        trials.append(Trial(name, point, [*overrides, *extra], out / "trials" / name, host_requests(cfg, plan), cfg))
+        trials.append(Trial(name, point, out / "trials" / name, host_requests(cfg, plan), cfg))
     return trials
 
 

@@ -16,7 +16,7 @@ from typing import ClassVar
 import numpy as np
 from torch import nn
 
-from raysplit.accounting import TrainStats, merge_stats  # noqa: F401 (public here: programs use them)
+from raysplit.accounting import TrainStats, merge_stats  # noqa: F401 (their old home: a user's programs may import them here)
 from raysplit.config import ExperimentConfig
 from raysplit.data import Dataset
 from raysplit.graph import ComposedNet, Topology
