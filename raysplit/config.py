@@ -19,7 +19,7 @@ import yaml
 from raysplit.config_schema import (  # noqa: F401 (the schema is public here: raysplit.config.ExperimentConfig, ...)
     AttacksConfig, bounded, CHAINS, COMPARE_METHODS, CompareConfig, CompressionConfig, DataConfig, ExperimentConfig,
     HolderConfig, HubLinkConfig, LinkConfig, MAX_CLASSES, MAX_SAMPLES, MAX_VALUES, ModelConfig, MultiTaskConfig,
-    NetworkConfig, PARTY_NAME, PerClientConfig, PrivacyConfig, RAY_ADDRESS, Resources, RuntimeConfig, SEED_LIMIT,
+    NetworkConfig, PARTY_NAME, PerClientConfig, PopulationConfig, PrivacyConfig, RAY_ADDRESS, Resources, RuntimeConfig, SEED_LIMIT,
     SHARED_BY_METHODS, SweepConfig, TrainingConfig, VerticalConfig,
 )
 from raysplit.errors import ConfigError

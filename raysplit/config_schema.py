@@ -67,7 +67,7 @@ class TrainingConfig:
     momentum: float = _rule(default=0.9, **non_negative)
     weight_decay: float = _rule(default=0.0, **non_negative)
     client_order: Literal["fixed", "shuffled"] = "fixed"
-    # parallel schedules (SplitFed, FedAvg): the clients taking part in a round, sampled from the seed each round
+    # the clients taking part in a round (sequential turns and parallel rounds), sampled from the seed each round
     participation: float = _rule(default=1.0, **fraction)                 # a fraction of the clients...
     clients_per_round: Optional[int] = _rule(default=None, **positive)    # ...or a count (takes precedence)
     # SplitFed: the party averaging the client-side weights: a party of its own (the SplitFed paper's fed
@@ -232,6 +232,27 @@ class NetworkConfig:
 
 
 @dataclass
+class PopulationConfig:
+    """Who of the clients is online when, and what a round does about those who are not or are late
+    (population.py). The defaults are the papers' world: every client always online, every round waits for all."""
+    # always: every client online; share: each client online with probability online_share in each slot of
+    # slot_s simulated seconds (seeded); diurnal: each client online online_s of every period_s, from a seeded
+    # phase of its own; trace: the on-line intervals of trace_file (CSV: client,start_s,end_s), FedScale's form
+    availability: Literal["always", "share", "diurnal", "trace"] = "always"
+    online_share: float = _rule(default=0.5, **fraction)
+    slot_s: float = _rule(default=600.0, **positive)
+    period_s: float = _rule(default=86400.0, **positive)
+    online_s: float = _rule(default=28800.0, **positive)
+    trace_file: Optional[str] = None
+    # parallel rounds: an update that would arrive later than deadline_s simulated seconds after the round's
+    # start is dropped (its work and bytes still counted); null: the round waits for its slowest client
+    deadline_s: Optional[float] = _rule(default=None, **positive)
+    # parallel rounds: select ceil(over_select * clients per round) online clients, keep the first clients per
+    # round to finish (as deployed federated learning does); 1: no over-selection
+    over_select: float = _rule(default=1.0, check=lambda v: 1.0 <= v <= 10.0, allowed="a number in [1, 10]")
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     seed: int = _rule(default=0, **bounded(0, SEED_LIMIT))
@@ -252,6 +273,7 @@ class ExperimentConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     attacks: AttacksConfig = field(default_factory=AttacksConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    population: PopulationConfig = field(default_factory=PopulationConfig)
     # further plug-ins, in order: [{name: a registered plug-in or package.module:Class, <its options>}]
     plugins: list[dict] = field(default_factory=list)
     output_dir: Optional[str] = None      # default results/<name>-<timestamp>
