@@ -105,3 +105,8 @@ def unsupported(algorithm_cls: type, topology: Topology) -> str | None:
 def able(topology: Topology) -> list[str]:
     """The registered algorithms that can train ``topology``."""
     return [n for n in ALGORITHMS.names() if unsupported(ALGORITHMS.get(n), topology) is None]
+
+
+def plans_for(need: str) -> list[str]:
+    """The registered algorithms that plan rounds for a population's ``need`` (Algorithm.population_support)."""
+    return [n for n in ALGORITHMS.names() if need in getattr(ALGORITHMS.get(n), "population_support", ())]

@@ -17,6 +17,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import yaml
 from torch import nn
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 from raysplit import catalog
 from raysplit import config as config_mod
+from raysplit import population
 from raysplit.accounting import Entry, FlopMeter, role_of, summarize
 from raysplit.algorithms import Algorithm, Plan
 from raysplit.attacks import gradient_receivers
@@ -36,8 +38,10 @@ from raysplit.graph import CLIENT, INPUT, ComposedNet, Topology, eval_mode
 from raysplit.hosts import LOST_PARTY
 from raysplit.network import resolve
 from raysplit.plugins import DriverContext, Plugins
+from raysplit.schedule import selected_per_round
 from raysplit.results import (Result, check_free, default_output_dir, final_dir, load_model,  # noqa: F401 (public here)
-                              partial_dir, round_row, save_model, tables, write_csv)
+                              clock_s, fate_counts, fate_rows, partial_dir, round_row, save_model, tables,
+                              write_csv)
 from raysplit.topology import build_topology
 
 log = logging.getLogger("raysplit")
@@ -71,7 +75,8 @@ def prepare(cfg: ExperimentConfig, dataset: Dataset | None = None) -> Plan:
         raise ConfigError("privacy.label_epsilon", cfg.privacy.label_epsilon,
                           f"null for topology {cfg.topology}: its labels never leave their holder")
     if cfg.topology != "vertical":
-        return Plan(cfg, dataset, topology, modules, partition(dataset.train_y, cfg.data, cfg.seed), plugins=plugins)
+        return Plan(cfg, dataset, topology, modules, partition(dataset.train_y, cfg.data, cfg.seed, dataset.train_owner),
+                    plugins=plugins)
     # vertical: one sample space, each holder holding its features of the same samples (checked by id)
     files = [(f"vertical.holders[{i}].sample_ids", h.sample_ids) for i, h in enumerate(cfg.vertical.holders)]
     ids = aligned_sample_ids(files, len(dataset.train_y))
@@ -86,10 +91,28 @@ def check_algorithm(cfg: ExperimentConfig, topology: Topology) -> None:
         able = catalog.able(topology)
         raise ConfigError("algorithm", cfg.algorithm, f"an algorithm that can train topology {cfg.topology}: "
                           f"{', '.join(able) or 'none registered'} ({cfg.algorithm} {why})")
+    check_population(cfg, topology)
     if cfg.algorithm == "splitnn" and cfg.handoff == "server" and CLIENT in topology.roles \
             and "server" not in topology.roles:
         raise ConfigError("handoff", cfg.handoff, f"peer: topology {cfg.topology} has no party named server to "
                           f"relay the hand-offs (its parties: {', '.join(topology.roles)})")
+
+
+def check_population(cfg: ExperimentConfig, topology: Topology) -> None:
+    """The algorithm plans its rounds for what the population section asks (Algorithm.population_support), and a
+    round can have the clients it asks for (a trace file is read and checked here)."""
+    p, algo = cfg.population, catalog.algorithm(cfg)
+    support = getattr(algo, "population_support", frozenset())
+    asks = [(f, v, need) for f, v, need in (("population.availability", p.availability, "availability"),
+                                            ("population.deadline_s", p.deadline_s, "deadline"),
+                                            ("population.over_select", p.over_select, "deadline"))
+            if v not in ("always", None, 1.0)]
+    for field, value, need in asks:
+        if need not in support or CLIENT not in topology.roles:
+            off = {"availability": "always", "deadline": "null" if field.endswith("_s") else "1"}[need]
+            raise ConfigError(field, value, f"{off} for {cfg.algorithm} on topology {cfg.topology} (planned for by "
+                              f"{', '.join(catalog.plans_for(need))}, on topologies with clients)")
+    population.check(cfg, selected_per_round(cfg))
 
 
 def _first_line(e: BaseException) -> str:
@@ -190,6 +213,8 @@ class _Run:
     def one_round(self, r: int) -> dict:
         cfg, plan, algo = self.cfg, self.plan, self.algo
         t0 = time.perf_counter()
+        if algo.timed():             # the simulated time at which this round begins: every round before it, priced
+            algo.now_s = clock_s(self.results, cfg)
         train = algo.run_round(r)
         entries, flops, extra = algo.drain()
         wall = time.perf_counter() - t0
@@ -206,6 +231,9 @@ class _Run:
                 flops[key] = flops.get(key, 0) + f
             self.bar.set_description_str(cfg.name, refresh=False)
         row = round_row(r, cfg, train, test, entries, flops, wall, extra)
+        if algo.timed():
+            row.update(fate_counts(algo.fates), sim_wait_s=algo.wait_s)
+            self.results.setdefault("client_rows", []).extend(fate_rows(r, algo.fates))
         self.results["rows"].append(row)
         self.results["ledger_rows"] += [{**x, "round": x["round"] + 1} for x in summarize(entries, raw=True)]
         self.results["flop_rows"] += [dict(round=r + 1, party=p, role=role_of(p), phase=ph, flops=f)
@@ -252,6 +280,8 @@ class _Run:
             if self.tmp is not None:
                 for df, name in zip(tables(self.results, cfg), ("metrics.csv", "ledger.csv", "flops.csv")):
                     write_csv(df, self.tmp / name)
+                if "client_rows" in self.results:
+                    write_csv(pd.DataFrame(self.results["client_rows"]), self.tmp / "clients.csv")
             if self.done % cfg.runtime.checkpoint_every == 0 or self.done == rounds:
                 t0 = time.perf_counter()        # the cost of a checkpoint: gathering the state and writing it
                 nbytes = self.checkpoints.save(Checkpoint(self.done, self.algo.state(), self.results))

@@ -25,7 +25,10 @@ or a seeded lognormal spread on top (config.py: NetworkConfig).
   Phase totals are per round: for large-batch SGD's per-step exchanges of equal size (and any protocol
   whose steps look alike) this equals the sum over steps; for SplitFed it prices each round's exchanges
   as one block per phase (no pipelining across clients at the server).
-- sim_comm_s is the transfer part, sim_compute_s the compute part; sim_time_s = their sum.
+- sim_comm_s is the transfer part, sim_compute_s the compute part; sim_time_s = their sum, plus sim_wait_s
+  where a population's round waited for its first client to come online (population.py). A parallel round with
+  a deadline (population.deadline_s) ends at it: its comm and compute are scaled down to fit (late clients'
+  uploads are in the ledger, but the round did not wait for them).
 
 The default compute speed is this machine's, measured once (``machine_flops``: a matmul and a convolution
 on one thread) and cached, then written into a run's config.yaml (``resolve``), so its simulated times are
@@ -269,6 +272,13 @@ def add_sim_columns(metrics: pd.DataFrame, ledger: pd.DataFrame, flops: pd.DataF
     merged = metrics.merge(times, on="round", how="left")
     fill = {c: 0.0 for c in SIM_COLUMNS}      # a round with no message and no FLOP (centralized) takes no time
     merged[list(SIM_COLUMNS)] = merged[list(SIM_COLUMNS)].fillna(fill)
+    deadline = cfg.population.deadline_s
+    if parallel and deadline is not None:     # a round ends at its deadline: what arrives later is not waited for
+        scale = np.minimum(1.0, deadline / merged["sim_time_s"].where(merged["sim_time_s"] > 0, np.inf))
+        for col in SIM_COLUMNS:
+            merged[col] = merged[col] * scale
+    if "sim_wait_s" in merged:                # a round that waited for a client to come online began later
+        merged["sim_time_s"] = merged["sim_time_s"] + merged["sim_wait_s"]
     for col in SIM_COLUMNS:
         merged[f"{col}_cum"] = merged[col].cumsum()
     return merged

@@ -6,6 +6,8 @@ Results directory (pandas reads every table):
                      simulated time on the config's network (sim_*: network.py, priced from ledger.csv and flops.csv)
   ledger.csv         bytes and messages per (round, src, dst, kind) — sums of the ledger (raw_bytes: before codecs)
   flops.csv          FLOPs per (round, party, phase) — from the meter
+  clients.csv        a population's rounds (population: availability, deadline): one row per participant and round,
+                     its status (done, dropped, offline, late, spare), start and end in simulated seconds, steps run
   model/             the trained network: <segment>.pt (each segment's state dict) and composed.pt
   checkpoints/       round-<r>/: the experiment's complete state after round r (the last few)
   summary.json       final figures
@@ -31,6 +33,7 @@ from raysplit.config import ExperimentConfig, NetworkConfig
 from raysplit.errors import ConfigError
 from raysplit.graph import ComposedNet
 from raysplit.network import add_sim_columns, load_network
+from raysplit.timeline import STATUSES, Fate
 from raysplit.topology import build_topology
 
 
@@ -130,6 +133,24 @@ def tables(results: dict, cfg: ExperimentConfig) -> tuple[pd.DataFrame, pd.DataF
     flops = pd.DataFrame(results["flop_rows"], columns=FLOP_COLUMNS)
     # simulated time under the config's network: priced from the very tables written beside it
     return add_sim_columns(metrics, ledger, flops, cfg, is_parallel(cfg)), ledger, flops
+
+
+def clock_s(results: dict, cfg: ExperimentConfig) -> float:
+    """The simulated seconds the rounds so far took (their sim_time_s, summed): when the next round begins."""
+    if not results["rows"]:
+        return 0.0
+    return float(tables(results, cfg)[0]["sim_time_s"].sum())
+
+
+def fate_counts(fates: list[Fate]) -> dict:
+    """metrics.csv's population columns: how many took part, and how many of them ended each way."""
+    return {"participants": len(fates), **{f"clients_{s}": sum(f.status == s for f in fates) for s in STATUSES}}
+
+
+def fate_rows(r: int, fates: list[Fate]) -> list[dict]:
+    """clients.csv: one row per participant and round."""
+    return [dict(round=r + 1, client=f.client, status=f.status, start_s=f.start_s, end_s=f.end_s, steps=f.steps,
+                 planned_steps=f.planned) for f in fates]
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:

@@ -1,13 +1,15 @@
 """Schedules: which clients train in a round, and in what order."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from raysplit.config import ExperimentConfig
 
 
 def client_order(cfg: ExperimentConfig, round_: int) -> list[int]:
-    """Sequential schedule: every client takes one turn per round, in a fixed or a seeded shuffled order."""
+    """Every client, in a fixed or a seeded shuffled order (a sequential round in which every client takes a turn)."""
     n = cfg.data.num_clients
     if cfg.training.client_order == "fixed":
         return list(range(n))
@@ -15,23 +17,36 @@ def client_order(cfg: ExperimentConfig, round_: int) -> list[int]:
 
 
 def clients_per_round(cfg: ExperimentConfig) -> int:
-    """How many clients take part in a parallel round: the count if given, else the fraction (at least 1)."""
+    """How many clients take part in a round: the count if given, else the fraction (at least 1)."""
     n = cfg.data.num_clients
     if cfg.training.clients_per_round is not None:
         return cfg.training.clients_per_round
     return max(1, int(cfg.training.participation * n + 1e-9))
 
 
-def participants(cfg: ExperimentConfig, round_: int) -> list[int]:
-    """Parallel schedules (SplitFed, FedAvg): the clients taking part in a round, sampled without replacement from the seed.
+def selected_per_round(cfg: ExperimentConfig) -> int:
+    """How many clients a round selects: clients_per_round, times population.over_select (at most all of them)."""
+    m = clients_per_round(cfg)
+    return min(cfg.data.num_clients, math.ceil(m * cfg.population.over_select - 1e-9))
 
-    Their order is the round's canonical order: SplitFed averages in it and SplitFed v2's server takes the
-    clients' steps in it. ``client_order: fixed`` keeps them sorted; ``shuffled`` keeps the draw's order.
+
+def participants(cfg: ExperimentConfig, round_: int, online: np.ndarray | None = None) -> list[int]:
+    """The clients taking part in a round (sequential turns and parallel rounds), sampled without replacement
+    from the seed among the ``online`` ones (sorted client ids; default: every client).
+
+    Their order is the round's canonical order: the order of a sequential round's turns; SplitFed averages in it
+    and SplitFed v2's server takes the clients' steps in it. ``client_order: fixed`` keeps them sorted;
+    ``shuffled`` keeps the draw's order. A round with every client online and taking part is ``client_order``.
     """
-    n, m = cfg.data.num_clients, clients_per_round(cfg)
-    if m == n:
-        return client_order(cfg, round_)
-    drawn = [int(k) for k in np.random.default_rng([cfg.seed, 4, round_]).choice(n, size=m, replace=False)]
+    n, m = cfg.data.num_clients, selected_per_round(cfg)
+    if online is None:
+        if m == n:
+            return client_order(cfg, round_)
+        online = np.arange(n)
+    if m >= len(online):              # fewer online than wanted: all of them (the round is smaller)
+        drawn = [int(k) for k in np.random.default_rng([cfg.seed, 3, round_]).permutation(online)]
+    else:
+        drawn = [int(k) for k in np.random.default_rng([cfg.seed, 4, round_]).choice(online, size=m, replace=False)]
     return sorted(drawn) if cfg.training.client_order == "fixed" else drawn
 
 

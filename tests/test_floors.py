@@ -14,12 +14,13 @@ FLOORS = {
     # what every part speaks: errors, names, the config, the graph, accounting, the plug-in base, averaging, ...
     "core": ["raysplit.errors", "raysplit.registry", "raysplit.config_schema", "raysplit.config", "raysplit.graph",
              "raysplit.accounting", "raysplit.plugins", "raysplit.averaging", "raysplit.schedule",
-             "raysplit.checkpoint", "raysplit.console"],
+             "raysplit.checkpoint", "raysplit.console", "raysplit.network", "raysplit.population"],
     # what ships inside: models, data sets and partitions, topology builders, codecs, defences, attacks
     "built-ins": ["raysplit.models", "raysplit.partition", "raysplit.data", "raysplit.topology",
                   "raysplit.compression", "raysplit.privacy", "raysplit.attacks"],
     # where it runs: the actor host, the split engine, direct links, Ray and the placement of hosts
-    "parties": ["raysplit.link", "raysplit.host", "raysplit.engine", "raysplit.runtime", "raysplit.hosts"],
+    "parties": ["raysplit.link", "raysplit.host", "raysplit.engine", "raysplit.runtime", "raysplit.hosts",
+                "raysplit.timeline"],
     # what a round does: the Algorithm contract and the drivers with their programs
     "algorithms": ["raysplit.algorithms.base", "raysplit.algorithms.splitnn", "raysplit.algorithms.splitfed",
                    "raysplit.algorithms.whole_model", "raysplit.algorithms.fedavg",
@@ -27,7 +28,7 @@ FLOORS = {
     # the composition root: knows every registry, checks a config's names, builds its plug-ins
     "catalog": ["raysplit.catalog"],
     # what users run: an experiment and its results, simulated time, inference, compare, sweep, the Python API
-    "application": ["raysplit.network", "raysplit.results", "raysplit.experiment",
+    "application": ["raysplit.results", "raysplit.experiment",
                     "raysplit.inference", "raysplit.compare", "raysplit.sweep", "raysplit"],
     # figures, tables and the analytic cost model, over raysplit's results
     "analysis": ["analysis", "analysis.paper", "analysis.cost_model", "analysis.crossover", "analysis.time_model",

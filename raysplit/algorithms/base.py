@@ -21,7 +21,11 @@ from raysplit.config import ExperimentConfig
 from raysplit.data import Dataset
 from raysplit.graph import ComposedNet, Topology
 from raysplit.hosts import Hosts
+from raysplit.network import network_for
 from raysplit.plugins import Plugin
+from raysplit.population import NEVER, availability
+from raysplit.schedule import participants
+from raysplit.timeline import Fate, Prices, step_sizes
 
 
 @dataclass
@@ -45,10 +49,49 @@ class Algorithm(ABC):
     # activations and cut gradients cross a party boundary (cut-layer attacks apply; sequential turns add up in
     # simulated time); False for algorithms that train the whole network at every client
     splits_model: ClassVar[bool] = True
+    # what of a population (population.py) it plans rounds for: "availability" (clients come and go, and may go
+    # in the middle of their work), "deadline" (population.deadline_s and over_select)
+    population_support: ClassVar[frozenset] = frozenset()
 
     def __init__(self, plan: Plan, capture_ledger: bool = False, progress: bool = True):
         self.plan, self.cfg, self.capture, self.progress = plan, plan.cfg, capture_ledger, progress
         self.hosts: Hosts | None = None
+        # the population (population.py): the experiment loop sets ``now_s``, the simulated time at which the next
+        # round begins; a round waits ``wait_s`` for a client to come online and records each participant's fate
+        self.availability = availability(self.cfg)
+        self.now_s, self.wait_s = 0.0, 0.0
+        self.fates: list[Fate] = []
+        self._prices: Prices | None = None
+
+    def timed(self) -> bool:
+        """Whether rounds are planned on the simulated clock: clients come and go, or a round has a deadline."""
+        p = self.cfg.population
+        return self.availability.dynamic() or p.deadline_s is not None or p.over_select > 1
+
+    def round_clients(self, r: int) -> list[int]:
+        """Round ``r``'s participants: sampled among the clients online when it begins (``now_s``, after waiting
+        for the first client to come online, if none is)."""
+        if not self.timed():
+            self.wait_s = 0.0
+            return participants(self.cfg, r)
+        start = self.availability.next_online(self.now_s)
+        if start == NEVER:
+            raise RuntimeError(f"no client is online at or after {self.now_s:g} simulated seconds (population "
+                               f"availability {self.cfg.population.availability}): round {r + 1} cannot start")
+        self.wait_s = start - self.now_s
+        return participants(self.cfg, r, self.availability.online(start))
+
+    def prices(self, whole: bool = False) -> Prices:
+        """Per-client prices of work on the config's network (timeline.py), built on first use."""
+        if self._prices is None:
+            p = self.plan
+            self._prices = Prices(self.cfg, p.topology, p.modules, p.plugins, p.dataset.train_x, p.dataset.train_y,
+                                  network_for(self.cfg), whole)
+        return self._prices
+
+    def step_sizes(self, clients: list[int]) -> dict[int, list[int]]:
+        t = self.cfg.training
+        return {k: step_sizes(len(self.plan.client_indices[k]), t.batch_size, t.local_epochs) for k in clients}
 
     @classmethod
     def supports_topology(cls, topology: Topology) -> str | None:

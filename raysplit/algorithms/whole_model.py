@@ -62,34 +62,41 @@ class WholeModelClient(WholeModelProgram):
         return {task: (float(losses[task].detach()) * len(idx), int((out.argmax(1) == labels[task]).sum()), len(idx))
                 for task, out in outs.items()}
 
-    def local_train(self, client: int, round_: int, weights: dict) -> tuple[dict, dict]:
+    def local_train(self, client: int, round_: int, weights: dict, steps: int | None = None) -> tuple[dict | None, dict]:
         """FedAvg client: train the global weights for ``local_epochs`` on local batches with a fresh optimizer;
-        send the result (with the sample count the server weights it by) to the server."""
+        send the result (with the sample count the server weights it by) to the server. ``steps``: the client goes
+        offline after this many steps (population.py): they are run and counted, nothing is sent."""
         h, training = self.host, self.training
         me = party_id(CLIENT, client)
         h.ledger.round, h.ledger.step = round_, 0
         self.whole.load_state_dict(h.receive(weights))
         optim = make_optimizer(self.whole.parameters(), training)
         h.seed_torch(round_, client)
-        stats = TrainStats()
+        stats, step = TrainStats(), 0
         epochs = training.local_epochs
         for e in range(epochs):
             for idx in batches(h.client_indices[client], training.batch_size, h.seed, round_ * epochs + e, client):
+                if step == steps:
+                    break
                 optim.zero_grad(set_to_none=True)
                 stats.add(self._forward_backward(me, idx))
                 optim.step()
+                step += 1
+        if steps is not None:
+            return None, stats.as_lists()
         upload = {"samples": len(h.client_indices[client]),
                   "weights": h.ledger.send(me, SERVER, "weights", self.whole_state())}
         return upload, stats.as_lists()
 
-    def train_clients(self, clients: list[int], round_: int, weights: dict):
+    def train_clients(self, clients: list[int], round_: int, weights: dict, limits: dict[int, int] | None = None):
         """FedAvg clients hosted here, one after another in one call (a streaming generator): yields each
         client's upload as soon as it is done, so the server folds them in while the next trains (an upload
         waits in the object store until the driver, going in client order, passes it on); then the clients'
-        train stats, in one list (one object per client, not two: each yield is a Ray object)."""
-        stats = []
+        train stats, in one list (one object per client, not two: each yield is a Ray object). ``limits``: {client:
+        steps} of the clients that go offline in the middle (they yield None)."""
+        stats, limits = [], limits or {}
         for k in clients:
-            upload, st = self.local_train(k, round_, weights)
+            upload, st = self.local_train(k, round_, weights, limits.get(k))
             stats.append(st)
             yield upload
         yield stats
