@@ -38,7 +38,12 @@ class DataConfig:
     dataset: str = "fashion_mnist"        # a registered dataset (data.py: DATASETS) or package.module:loader
     root: Optional[str] = None            # where datasets live; default ~/.cache/raysplit/data
     num_clients: int = _rule(default=10, **bounded(1, MAX_SAMPLES))
-    partition: Literal["iid", "dirichlet", "shards"] = "iid"
+    # natural: the data set's own clients (each training sample's owner: synthetic_federated's)
+    partition: Literal["iid", "dirichlet", "shards", "natural"] = "iid"
+    # client sizes (iid and synthetic_federated): equal, or heavy-tailed, client k's share proportional to
+    # exp(size_sigma * N(0, 1)) drawn from the seed; every client holds at least one sample
+    sizes: Literal["equal", "lognormal"] = "equal"
+    size_sigma: float = _rule(default=1.0, **positive)
     alpha: float = _rule(default=0.5, **positive)          # Dirichlet concentration (label skew)
     shards_per_client: int = _rule(default=2, **positive)
     train_samples: Optional[int] = _rule(default=None, **positive)  # use a subset of the training set
@@ -48,6 +53,9 @@ class DataConfig:
     synthetic_samples: int = _rule(default=2048, **bounded(1, MAX_SAMPLES))
     synthetic_shape: list[int] = field(default_factory=lambda: [1, 8, 8])
     synthetic_classes: int = _rule(default=4, **bounded(1, MAX_CLASSES))
+    # synthetic_federated (FedProx's synthetic(alpha, beta)): the spread of the clients' models and of their inputs
+    synthetic_alpha: float = _rule(default=1.0, **non_negative)
+    synthetic_beta: float = _rule(default=1.0, **non_negative)
     medmnist_file: Optional[str] = None   # path to a MedMNIST .npz
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from raysplit.config import DataConfig
+from raysplit.config import MAX_VALUES, DataConfig
 from raysplit.errors import ConfigError, DataError
 from raysplit.partition import (FeatureView, aligned_sample_ids, batches,  # noqa: F401 (public here)
-                                partition, read_sample_ids)
+                                check_partition, client_sizes, partition, read_sample_ids)
 from raysplit.registry import Registry
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -35,6 +35,9 @@ class Dataset:
     test_x: np.ndarray
     test_y: np.ndarray
     num_classes: int
+    # the client each training sample belongs to (int64 ids 0..num_clients-1), for a data set drawn or collected
+    # per client (synthetic_federated); None: the samples are pooled, and a partition splits them
+    train_owner: np.ndarray | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -230,6 +233,79 @@ def synthetic(n: int, shape: tuple[int, ...], classes: int, seed: int) -> Datase
     return Dataset("synthetic", trx, try_, tex, tey, classes)
 
 
+# values drawn at once while synthetic_federated is drawn (a chunk of clients' weights, of samples' features)
+_BLOCK_VALUES = 1 << 21
+
+
+def _proportional(total: int, weights: np.ndarray) -> np.ndarray:
+    """``total`` split in proportion to ``weights`` (int64), rounded by largest remainder (some may get 0)."""
+    share = total * (weights / weights.sum())
+    out = np.floor(share).astype(np.int64)
+    out[np.argsort(out - share, kind="stable")[: total - int(out.sum())]] += 1
+    return out
+
+
+def synthetic_federated(cfg: DataConfig, seed: int) -> Dataset:
+    """FedProx's synthetic(alpha, beta) (Li et al. 2020; LEAF's "synthetic"): ``num_clients`` clients, each with a
+    model and an input distribution of its own. For client k: u_k ~ N(0, alpha^2), W_k (classes x features) and
+    b_k with entries ~ N(u_k, 1); B_k ~ N(0, beta^2), v_k with entries ~ N(B_k, 1); its samples x ~ N(v_k, Sigma),
+    Sigma diagonal with Sigma_jj = j^-1.2, labelled y = argmax(W_k x + b_k). alpha and beta are standard
+    deviations, as in FedProx's generator (``synthetic_alpha``, ``synthetic_beta``). (A shift u_k of every weight
+    and bias moves every class's score alike, so alpha alone does not change the labels; beta does: clients whose
+    inputs sit further from 0 see fewer classes.)
+
+    ``synthetic_samples`` training samples, client k holding ``client_sizes`` of them (equal or lognormal, the
+    same sizes an IID partition would give); each sample's client in ``train_owner`` (the ``natural`` partition).
+    The test set: a quarter as many samples drawn the same way from the same clients, in proportion to their
+    training sizes. Samples are grouped by client, in client order. Drawn in blocks of clients and samples, so
+    100,000 clients take no per-client Python work beyond a loop step per block, and no (clients x classes x
+    features) array is ever held."""
+    check_partition(cfg, has_owners=True)
+    n, k, c = cfg.synthetic_samples, cfg.num_clients, cfg.synthetic_classes
+    shape = tuple(cfg.synthetic_shape)
+    d = math.prod(shape)
+    n_test = max(1, n // 4)
+    if (n + n_test) * d > MAX_VALUES:
+        raise ConfigError("data.synthetic_samples", n, f"a synthetic data set of at most {MAX_VALUES:,} values in all "
+                          f"(1 GiB of float32; each sample has {d:,} values, data.synthetic_shape {list(shape)}, and "
+                          f"a quarter as many test samples are drawn)")
+    sizes = client_sizes(n, cfg, seed)
+    test_sizes = _proportional(n_test, sizes.astype(np.float64))
+    rng = np.random.default_rng([seed, 6])
+    u = rng.normal(0.0, cfg.synthetic_alpha, k)
+    big_b = rng.normal(0.0, cfg.synthetic_beta, k)
+    sd = (np.arange(1, d + 1, dtype=np.float64) ** -0.6).astype(np.float32)    # sqrt(Sigma_jj)
+    out = {split: (np.empty((m, d), np.float32), np.empty(m, np.int64), np.concatenate([[0], np.cumsum(s)]))
+           for split, m, s in (("train", n, sizes), ("test", n_test, test_sizes))}
+    # clients in chunks whose (clients x classes x features) weights and (samples x features) draws stay small
+    # (one client's samples are drawn at once, however many)
+    ends = np.cumsum(sizes + test_sizes)
+    by_samples = np.flatnonzero(np.diff((ends - 1) // max(1, _BLOCK_VALUES // d))) + 1
+    cuts = np.union1d(by_samples, np.arange(0, k + 1, max(1, _BLOCK_VALUES // (c * d)))).tolist()
+    cuts = cuts if cuts[-1] == k else [*cuts, k]
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        v = big_b[a:b, None].astype(np.float32) + rng.standard_normal((b - a, d), np.float32)
+        w = u[a:b, None, None].astype(np.float32) + rng.standard_normal((b - a, c, d), np.float32)
+        wt = w.transpose(0, 2, 1)
+        bias = u[a:b, None].astype(np.float32) + rng.standard_normal((b - a, c), np.float32)
+        for x_out, y_out, starts in out.values():
+            lo, hi = starts[a], starts[b]
+            m = np.diff(starts[a: b + 1])
+            x = x_out[lo:hi]
+            rng.standard_normal(dtype=np.float32, out=x)
+            x *= sd
+            x += v[np.repeat(np.arange(b - a), m)]
+            first = starts[a:b] - lo
+            for size in np.unique(m[m > 0]):    # clients of one size: one batched product (not one per sample)
+                who = np.flatnonzero(m == size)
+                rows = (first[who, None] + np.arange(size)).ravel()
+                scores = np.matmul(x[rows].reshape(len(who), size, d), wt[who]) + bias[who, None, :]
+                y_out[lo + rows] = scores.argmax(2).ravel()
+    (trx, try_, _), (tex, tey, _) = out["train"], out["test"]
+    owners = np.repeat(np.arange(k, dtype=np.int64), sizes)
+    return Dataset("synthetic_federated", trx.reshape(n, *shape), try_, tex.reshape(n_test, *shape), tey, c, owners)
+
+
 # name -> loader(data config, seed) -> Dataset. A user's own data set: register it with
 # @DATASETS.register("name") in their module, or name it as package.module:loader.
 DATASETS = Registry("dataset", "data.dataset")
@@ -246,6 +322,7 @@ DATASETS.register("breast_cancer", lambda cfg, seed: _breast_cancer(seed))
 DATASETS.register("medmnist", lambda cfg, seed: _medmnist(cfg.medmnist_file))
 DATASETS.register("synthetic", lambda cfg, seed: synthetic(cfg.synthetic_samples, tuple(cfg.synthetic_shape),
                                                            cfg.synthetic_classes, seed))
+DATASETS.register("synthetic_federated", synthetic_federated)
 
 
 def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
@@ -257,6 +334,8 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     # copies, not views: a view would keep the whole loaded array alive in the driver
     if cfg.train_samples is not None:
         ds.train_x, ds.train_y = ds.train_x[: cfg.train_samples].copy(), ds.train_y[: cfg.train_samples].copy()
+        if ds.train_owner is not None:
+            ds.train_owner = ds.train_owner[: cfg.train_samples].copy()
     if cfg.test_samples is not None:
         ds.test_x, ds.test_y = ds.test_x[: cfg.test_samples].copy(), ds.test_y[: cfg.test_samples].copy()
     check_dataset(ds, cfg.dataset)
@@ -272,6 +351,8 @@ def keep_classes(ds: Dataset, classes: list[int]) -> Dataset:
     relabel[classes] = np.arange(len(classes))
     keep_train, keep_test = relabel[ds.train_y] >= 0, relabel[ds.test_y] >= 0
     ds.train_x, ds.train_y = ds.train_x[keep_train], relabel[ds.train_y[keep_train]]
+    if ds.train_owner is not None:
+        ds.train_owner = ds.train_owner[keep_train]
     ds.test_x, ds.test_y = ds.test_x[keep_test], relabel[ds.test_y[keep_test]]
     ds.num_classes = len(classes)
     return ds
@@ -298,6 +379,12 @@ def check_dataset(ds: Dataset, name: str) -> None:
         if lo < 0 or hi >= k:
             raise ConfigError("data.dataset", name, f"{split} labels that are classes of the model, in 0..{k - 1} "
                               f"(num_classes {k}; got labels {lo}..{hi})")
+    owner = ds.train_owner
+    if owner is not None and (not isinstance(owner, np.ndarray) or owner.shape != ds.train_y.shape
+                              or not np.issubdtype(owner.dtype, np.integer)):
+        raise ConfigError("data.dataset", name, f"a loader whose train_owner is None or one integer client id per "
+                          f"training sample (got {getattr(owner, 'dtype', type(owner).__name__)} "
+                          f"{list(getattr(owner, 'shape', []))} for {len(ds.train_y)} samples)")
     if ds.train_x.shape[1:] != ds.test_x.shape[1:]:
         raise ConfigError("data.dataset", name, f"train and test samples of one shape (got "
                           f"{list(ds.train_x.shape[1:])} and {list(ds.test_x.shape[1:])})")

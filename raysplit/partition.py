@@ -13,14 +13,21 @@ from raysplit.config import DataConfig
 from raysplit.errors import ConfigError
 
 
-def partition(labels: np.ndarray, cfg: DataConfig, seed: int) -> list[np.ndarray]:
-    """Split training indices over ``cfg.num_clients`` clients; reproducible from the seed."""
+def partition(labels: np.ndarray, cfg: DataConfig, seed: int, owners: np.ndarray | None = None) -> list[np.ndarray]:
+    """Split training indices over ``cfg.num_clients`` clients; reproducible from the seed. ``owners``: the
+    data set's own client of each training sample (``Dataset.train_owner``), which partition ``natural`` keeps."""
     n, k = len(labels), cfg.num_clients
+    check_partition(cfg, owners is not None)
     if k > n:
         raise ConfigError("data.num_clients", k, f"at most the number of training samples ({n})")
+    if cfg.partition == "natural":
+        return natural(owners, k)
     rng = np.random.default_rng([seed, 1])  # a stream of its own, independent of model init
     if cfg.partition == "iid":
-        parts = np.array_split(rng.permutation(n), k)
+        if cfg.sizes == "equal":
+            parts = np.array_split(rng.permutation(n), k)
+        else:
+            parts = np.split(rng.permutation(n), np.cumsum(client_sizes(n, cfg, seed))[:-1])
     elif cfg.partition == "shards":
         shards = k * cfg.shards_per_client
         if shards > n:
@@ -32,6 +39,56 @@ def partition(labels: np.ndarray, cfg: DataConfig, seed: int) -> list[np.ndarray
     else:
         parts = _dirichlet(labels, k, cfg.alpha, rng)
     return [np.sort(p).astype(np.int64) for p in parts]
+
+
+def check_partition(cfg: DataConfig, has_owners: bool) -> None:
+    """The partition fits the data set: ``natural`` needs a data set that names each sample's client (and
+    synthetic_federated's clients are its own); lognormal sizes apply to partitions that choose sizes."""
+    if cfg.dataset == "synthetic_federated" and cfg.partition != "natural":
+        raise ConfigError("data.partition", cfg.partition, "natural for data.dataset synthetic_federated (its "
+                          "samples are drawn per client: each client holds its own)")
+    if cfg.partition == "natural" and not has_owners:
+        raise ConfigError("data.partition", "natural", f"iid, dirichlet or shards for data.dataset {cfg.dataset} "
+                          "(natural keeps a data set's own clients; this one names none: synthetic_federated does)")
+    if cfg.sizes != "equal" and cfg.partition not in ("iid", "natural"):
+        raise ConfigError("data.sizes", cfg.sizes, f"equal for data.partition {cfg.partition} (lognormal sizes "
+                          "apply to partitions iid and natural)")
+
+
+def client_sizes(n: int, cfg: DataConfig, seed: int) -> np.ndarray:
+    """How many of ``n`` samples each of ``cfg.num_clients`` clients holds (int64, summing to ``n``, each >= 1):
+    equal (as ``np.array_split``: the first ``n % k`` one more), or lognormal: client k's share of the ``n - k``
+    samples beyond its first proportional to exp(size_sigma * N(0, 1)), drawn from the seed, rounded by largest
+    remainder. The IID partition and synthetic_federated's clients both take their sizes from here."""
+    k = cfg.num_clients
+    if k > n:
+        raise ConfigError("data.num_clients", k, f"at most the number of training samples ({n})")
+    if cfg.sizes == "equal":
+        return np.full(k, n // k, np.int64) + (np.arange(k) < n % k)
+    weight = np.exp(cfg.size_sigma * np.random.default_rng([seed, 5]).standard_normal(k))
+    share = (n - k) * (weight / weight.sum())
+    sizes = np.floor(share).astype(np.int64)
+    short = (n - k) - int(sizes.sum())                       # 0 <= short < k: to the largest remainders
+    sizes[np.argsort(sizes - share, kind="stable")[:short]] += 1
+    return sizes + 1
+
+
+def natural(owners: np.ndarray, k: int) -> list[np.ndarray]:
+    """The data set's own clients: client j holds the training samples whose owner is j (sorted)."""
+    owners = np.asarray(owners)
+    if owners.ndim != 1 or not np.issubdtype(owners.dtype, np.integer):
+        raise ConfigError("data.partition", "natural", f"a data set whose train_owner is one integer client id per "
+                          f"training sample (got {owners.dtype} of shape {list(owners.shape)})")
+    if len(owners) and (owners.min() < 0 or owners.max() >= k):
+        raise ConfigError("data.num_clients", k, f"the data set's number of clients (its samples' owners are "
+                          f"{int(owners.min())}..{int(owners.max())})")
+    counts = np.bincount(owners, minlength=k)
+    if counts.min() == 0:
+        raise ConfigError("data.partition", "natural", f"a partition whose every client holds a training sample (client "
+                          f"{int(np.argmin(counts))} of the data set's {k} holds none: data.train_samples or data.classes "
+                          "left it out)")
+    order = np.argsort(owners, kind="stable").astype(np.int64)
+    return np.split(order, np.cumsum(counts)[:-1])
 
 
 def _dirichlet(labels: np.ndarray, k: int, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
