@@ -266,7 +266,7 @@ def add_sim_columns(metrics: pd.DataFrame, ledger: pd.DataFrame, flops: pd.DataF
     """metrics.csv with the simulated-time columns (replaced if there). ``parallel``: the run's clients work at
     once (catalog.is_parallel)."""
     times = round_times(ledger, flops, network_for(cfg, network), parallel)
-    metrics = metrics.drop(columns=[c for c in metrics.columns if c.startswith("sim_")])
+    metrics = metrics.drop(columns=[c for c in metrics.columns if c.startswith("sim_") and c != "sim_wait_s"])
     if metrics.empty:
         return metrics
     merged = metrics.merge(times, on="round", how="left")
