@@ -149,3 +149,14 @@ def test_a_deadline_is_positive_and_only_for_algorithms_that_plan_for_it():
         small_config("algorithm=fedavg", "population.deadline_s=0")
     with pytest.raises(ConfigError, match=r"^population.deadline_s: 5.*null for splitnn .*planned for by fedavg"):
         prepare(small_config("population.deadline_s=5"))
+
+
+def test_a_round_with_nobody_online_waits_for_the_first_client_and_the_wait_is_simulated_time(ray_session, tmp_path):
+    trace = _trace(tmp_path, "0,5,100\n1,5,100\n2,5,100\n")
+    result = run(small_config("training.clients_per_round=3", "training.rounds=1", "population.availability=trace",
+                              f"population.trace_file={trace}", *LATENCY_ONLY), out_dir=tmp_path / "out", progress=False)
+    clients = pd.read_csv(result.out_dir / "clients.csv")
+    assert clients["start_s"].iloc[0] == pytest.approx(5.0)
+    # 5 s waiting, three turns of 2 steps (1.5 s each) and two hand-offs (2 s each)
+    assert result.metrics["sim_wait_s"].iloc[0] == pytest.approx(5.0)
+    assert result.metrics["sim_time_s"].iloc[0] == pytest.approx(5.0 + 3 * 2 * STEP_S + 2 * HANDOFF_S)
