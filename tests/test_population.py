@@ -103,11 +103,40 @@ def test_a_deadline_drops_the_clients_a_hand_computation_of_their_finishing_time
     uploads = result.ledger[(result.ledger.kind == "weights") & result.ledger.src.str.startswith("client/")]
     assert sorted(uploads.src) == [f"client/{k}" for k in range(4)]
     assert result.metrics["sim_time_s"].iloc[0] == pytest.approx(deadline)
-    # the late client's weights are left out of the average: it differs from the one that waits for everyone
-    everyone = run(small_config(*base, f"network.per_client.flops_per_s={speeds}", "population.deadline_s=100"),
-                  write=False, progress=False)
-    assert not all(torch.equal(a, b) for a, b in zip(result.model.state_dict().values(),
-                                                      everyone.model.state_dict().values()))
+    # the late client's weights are left out of the average exactly: the model is the one of a round without it
+    assert_same_model(result, _without_client_2(tmp_path, *base))
+
+
+def _without_client_2(tmp_path, *sets):
+    """The same run with clients 0, 1 and 3 only taking part (a trace where client 2 is never online)."""
+    trace = _trace(tmp_path, "0,0,1e9\n1,0,1e9\n3,0,1e9\n")
+    return run(small_config(*sets, "training.clients_per_round=3", "population.availability=trace",
+                            f"population.trace_file={trace}"), write=False, progress=False)
+
+
+def assert_same_model(a, b) -> None:
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_splitfed_v1_leaves_a_late_and_a_gone_client_out_exactly(ray_session, tmp_path):
+    # 4 clients of 24 samples: 2 steps of 1.5 s, between a download and an upload of 0.5 s: 4 s. Client 2 sits
+    # behind 5 s of latency (36 s) and misses the 8 s deadline; the round is the one without it, bitwise (v1's
+    # clients never meet: each trains against its own copy of the server's segments)
+    base = ["algorithm=splitfed", "splitfed=v1", "data.num_clients=4", "training.rounds=2", *LATENCY_ONLY]
+    late = run(small_config(*base, "network.per_client.latency_ms=[500, 500, 5000, 500]", "population.deadline_s=8"),
+               write=False, progress=False)
+    assert late.metrics["clients_late"].tolist() == [1, 1]
+    assert_same_model(late, _without_client_2(tmp_path, *base))
+    # client 2 online only 2.5 s of every 1000: it runs its first step (0.5 s download, then 1.5 s) and is gone
+    trace = _trace(tmp_path, "0,0,1e9\n1,0,1e9\n2,0,2.5\n2,1000,1002.5\n3,0,1e9\n")
+    gone = run(small_config(*base, "training.rounds=1", "training.clients_per_round=4", "population.availability=trace",
+                            f"population.trace_file={trace}"), write=False, progress=False)
+    assert gone.metrics["clients_dropped"].tolist() == [1]
+    steps = gone.ledger[gone.ledger.kind == "activation"].groupby("src")["messages"].sum()
+    assert steps.to_dict() == {"client/0": 2, "client/1": 2, "client/2": 1, "client/3": 2}
+    assert "client/2" not in set(gone.ledger[gone.ledger.kind == "weights"].src)
+    assert_same_model(gone, _without_client_2(tmp_path, *base, "training.rounds=1"))
 
 
 def test_availability_models_are_seeded_and_answer_when_clients_leave():

@@ -45,7 +45,8 @@ from raysplit.engine import SEGMENTS, SegmentServer, SegmentStore, party_id
 from raysplit.errors import ConfigError
 from raysplit.graph import CLIENT, ComposedNet, Topology
 from raysplit.hosts import Hosts
-from raysplit.schedule import interleave, participants
+from raysplit.schedule import clients_per_round, interleave
+from raysplit.timeline import DONE, DROPPED, parallel_fates
 
 FED_SERVER = "fed_server"
 # the fed server only averages state dicts: no CPU reserved (so every config that fits without it still fits),
@@ -62,26 +63,30 @@ class SplitFedWorker(SegmentServer):
         super().__init__(host, modules)
         self.averaging_point, self.transport = averaging_point, transport
 
-    def train(self, round_: int, plan: list[tuple[int, int, int]], client_global: dict) -> tuple[dict, dict]:
+    def train(self, round_: int, plan: list[tuple[int, int, int]], client_global: dict,
+              gone: frozenset = frozenset()) -> tuple[dict, dict]:
         """Run ``plan`` = [(clock step, client, local step)] in order. Each client trains a copy of the
         client-side segments, from ``client_global`` with a fresh optimizer; after its last step its weights
-        go to the averaging point. Returns ({client: weights}, train stats)."""
+        go to the averaging point (not those of the clients ``gone`` offline in the middle: population.py).
+        Returns ({client: weights}, train stats)."""
         stats = TrainStats()
         with self.engine.linked() if self.transport == "link" else nullcontext():
-            sent = self._train(round_, plan, self.host.receive(client_global), stats)
+            sent = self._train(round_, plan, self.host.receive(client_global), stats, gone)
         return sent, stats.as_lists()
 
-    def train_clients(self, round_: int, clients: list[int], steps: dict[int, int], client_global: dict):
+    def train_clients(self, round_: int, clients: list[int], steps: dict[int, int], client_global: dict,
+                      gone: frozenset = frozenset()):
         """v1 over links: this worker's clients one after another in one call (a streaming generator), over
         links held for the call; yields each client's {client: weights} when it is done (so the driver folds
         it in while the next trains), then the train stats of all."""
         stats, client_global = TrainStats(), self.host.receive(client_global)
         with self.engine.linked():
             for k in clients:
-                yield self._train(round_, [(j, k, j) for j in range(steps[k])], client_global, stats)
+                yield self._train(round_, [(j, k, j) for j in range(steps[k])], client_global, stats, gone)
         yield stats.as_lists()
 
-    def _train(self, round_: int, plan: list[tuple[int, int, int]], client_global: dict, stats: TrainStats) -> dict:
+    def _train(self, round_: int, plan: list[tuple[int, int, int]], client_global: dict, stats: TrainStats,
+               gone: frozenset = frozenset()) -> dict:
         h, training = self.host, self.training
         epochs, size = training.local_epochs, training.batch_size
         last = {k: j for _, k, j in plan}
@@ -95,7 +100,9 @@ class SplitFedWorker(SegmentServer):
             store, steps = live[k]
             h.seed_torch(round_, k, j)
             stats.add(self.engine.step(store, k, (round_, step), steps[j]))
-            if j == last[k]:
+            if j == last[k] and k in gone:
+                del live[k]
+            elif j == last[k]:
                 h.ledger.round, h.ledger.step = round_, step
                 sent[k] = h.ledger.send(party_id(CLIENT, k), self.averaging_point, "weights", store.weights())
                 del live[k]
@@ -114,9 +121,10 @@ class FedServer:
         self.lock = threading.Lock()     # folds may come in threads of their own (v1 over links)
         self.open_round(-1, [])
 
-    def open_round(self, round_: int, order: list[int]):
-        """Start a round; send the global client-side weights to every participant and return them."""
-        self.sums = OrderedSums(order)
+    def open_round(self, round_: int, order: list[int], kept: list[int] | None = None):
+        """Start a round; send the global client-side weights to every participant and return them. ``kept``: the
+        participants whose weights the round averages (default: all)."""
+        self.sums = OrderedSums(order if kept is None else kept)
         if not order:
             return None
         self.host.ledger.round, self.host.ledger.step = round_, 0
@@ -130,7 +138,8 @@ class FedServer:
                 self.sums.fold("client", k, n, weights[k])
 
     def finish_round(self) -> None:
-        self.client_global = self.sums.mean("client", "client-side weights")
+        if self.sums.position:          # a round whose every client dropped keeps the weights it had
+            self.client_global = self.sums.mean("client", "client-side weights")
 
     def global_client_weights(self) -> dict:
         return self.client_global
@@ -162,14 +171,14 @@ class SplitFedServer(SegmentServer):
         self.cond = threading.Condition()
         self.open_round(-1, [])
 
-    def open_round(self, round_: int, order: list[int]):
+    def open_round(self, round_: int, order: list[int], kept: list[int] | None = None):
         """Start a round with its participants in canonical order (at the averaging point: the global
-        client-side weights sent to them)."""
+        client-side weights sent to them); ``kept``: those whose work the round averages (default: all)."""
         self.round = round_
         self.copies: dict[int, SegmentStore] = {}         # v1: client -> its copy of this host's segments
-        self.sums = OrderedSums(order)
+        self.sums = OrderedSums(order if kept is None else kept)
         self.ticket, self.calls = 0, 0
-        return self.averager.open_round(round_, order) if self.averager else None
+        return self.averager.open_round(round_, order, kept) if self.averager else None
 
     def store_for(self, client) -> SegmentStore:
         if self.version == "v2":
@@ -227,7 +236,8 @@ class SplitFedServer(SegmentServer):
 
     def finish_round(self) -> None:
         """Averages (FedAvg): v1's server-side copies here (and the client-side weights at the averaging point)."""
-        means = self.sums.mean("server", f"server-side copies (round {self.round})")
+        means = self.sums.mean("server", f"server-side copies (round {self.round})") if self.sums.position else {}
+        self.copies = {}                      # the copies of clients whose work the round did not keep
         if self.averager:
             self.averager.finish_round()
         for n, sd in means.items():           # v1's average (v2 sums nothing)
@@ -250,7 +260,7 @@ class SplitFedServer(SegmentServer):
 class SplitFed(SplitNN):
     """SplitFed v1 / v2 (``splitfed``): parallel rounds of split learning with federated averaging."""
 
-    population_support = frozenset()     # not yet: dropouts and deadlines in SplitFed's averages
+    population_support = frozenset({"availability", "deadline"})
     FOLD_WINDOW = 4   # v1: finished clients per worker whose server-side copies may wait to be averaged
 
     def __init__(self, plan, capture_ledger: bool = False, progress: bool = True):
@@ -292,14 +302,25 @@ class SplitFed(SplitNN):
                 hosts.install(SEGMENTS, {h: SplitFedServer}, cfg.splitfed, (point, client_init) if role == point else None)
 
     def run_round(self, r: int) -> dict:
-        hosts, order = self.hosts, participants(self.cfg, r)
-        opened = {role: hosts.call(h, SEGMENTS, "open_round", r, order) for role, h in hosts.roles.items()}
+        hosts, order = self.hosts, self.round_clients(r)
+        # a population (population.py): what becomes of each participant, known before the round runs (timeline.py)
+        self.round_steps, self.gone, kept = self.steps, frozenset(), None
+        if self.timed():
+            prices = self.prices()
+            self.fates = parallel_fates(prices, self.availability, order, self.step_sizes(order),
+                                        self.now_s + self.wait_s, self.averaging_point, prices.client_weights_bytes(),
+                                        self.cfg.population.deadline_s, clients_per_round(self.cfg))
+            kept = [f.client for f in self.fates if f.status == DONE]
+            dropped = {f.client: f.steps for f in self.fates if f.status == DROPPED}
+            self.round_steps, self.gone = {**self.steps, **dropped}, frozenset(dropped)
+        opened = {role: hosts.call(h, SEGMENTS, "open_round", r, order, kept) for role, h in hosts.roles.items()}
         hosts.wait(list(opened.values()))        # open before any step
         client_global = opened[self.averaging_point]
+        folded = set(order if kept is None else kept)
         entries = [(k, float(self.sizes[k])) for k in order]
         run = self._round_v2 if self.cfg.splitfed == "v2" else \
             self._round_v1_over_links if self.over_links else self._round_v1
-        folds, stats = run(r, order, client_global, entries)
+        folds, stats = run(r, order, client_global, entries, folded)
         hosts.get(folds)
         hosts.get([hosts.call(h, SEGMENTS, "finish_round") for h in hosts.roles.values()])
         return hosts.gather_stats(stats, self.round_desc(r), self.progress)
@@ -309,46 +330,50 @@ class SplitFed(SplitNN):
         return [self.hosts.call(h, SEGMENTS, "fold", clients, *(weights if role == self.averaging_point else stats))
                 for role, h in self.hosts.roles.items()]
 
-    def _round_v1(self, r, order, client_global, entries):
+    def _round_v1(self, r, order, client_global, entries, folded):
         """A task per client; the server averages each one's copies as soon as it and all before it are done."""
         hosts, window = self.hosts, self.FOLD_WINDOW * len(self.hosts.workers)
         folds, stats = [], []
         for i, (k, n) in enumerate(entries):
             if i >= window:   # bound the finished-but-not-yet-averaged server-side copies
                 hosts.wait(folds[i - window])
-            plan = [(j, k, j) for j in range(self.steps[k])]
-            weights, st = hosts.call(hosts.client_host[k], SEGMENTS, "train", r, plan, client_global, returns=2)
-            folds.append(self._fold([(k, n)], [weights], [st]))
+            plan = [(j, k, j) for j in range(self.round_steps[k])]
+            weights, st = hosts.call(hosts.client_host[k], SEGMENTS, "train", r, plan, client_global, self.gone,
+                                     returns=2)
+            # a client whose work the round does not keep: waited for, not averaged
+            folds.append(self._fold([(k, n)], [weights], [st]) if k in folded else [st])
             stats.append(st)
         return [f for fs in folds for f in fs], stats
 
-    def _round_v1_over_links(self, r, order, client_global, entries):
+    def _round_v1_over_links(self, r, order, client_global, entries, folded):
         """A streaming call per worker, its clients one after another over its links; each client's copies
         are averaged as it is done, in canonical order. Backpressure keeps a worker at most FOLD_WINDOW
         finished clients ahead of the driver, which folds in canonical order."""
         hosts = self.hosts
         mine = hosts.clients_by_host(order)
         streams = {key: hosts.stream(hosts.client_host[ks[0]], SEGMENTS, "train_clients", r, ks,
-                                     {k: self.steps[k] for k in ks}, client_global, window=self.FOLD_WINDOW)
+                                     {k: self.round_steps[k] for k in ks}, client_global, self.gone,
+                                     window=self.FOLD_WINDOW)
                    for key, ks in mine.items()}
         folds = []
         for k, n in entries:     # a client's item comes once it is done: its server-side copies are final
             weights = hosts.next_item(streams[id(hosts.client_host[k])])
-            folds += self._fold([(k, n)], [weights], [])
+            if k in folded:
+                folds += self._fold([(k, n)], [weights], [])
         stats = [(hosts.next_item(streams[key]), len(ks)) for key, ks in mine.items()]
         return folds, stats
 
-    def _round_v2(self, r, order, client_global, entries):
+    def _round_v2(self, r, order, client_global, entries, folded):
         """A task per worker running its clients' steps in ticket order; then one fold of all clients."""
         hosts = self.hosts
         index = {id(h): i for i, h in enumerate(hosts.workers)}
         plans: dict[int, list] = {}
-        for ticket, (k, j) in enumerate(interleave(order, {k: self.steps[k] for k in order})):
+        for ticket, (k, j) in enumerate(interleave(order, {k: self.round_steps[k] for k in order})):
             plans.setdefault(index[id(hosts.client_host[k])], []).append((ticket, k, j))
-        results = [hosts.call(hosts.workers[w], SEGMENTS, "train", r, plan, client_global, returns=2)
+        results = [hosts.call(hosts.workers[w], SEGMENTS, "train", r, plan, client_global, self.gone, returns=2)
                    for w, plan in sorted(plans.items())]
         weights, stats = [w for w, _ in results], [st for _, st in results]
-        return self._fold(entries, weights, stats), stats
+        return self._fold([(k, n) for k, n in entries if k in folded], weights, stats), stats
 
     def model(self) -> ComposedNet:
         hosts = self.hosts
