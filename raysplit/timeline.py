@@ -200,3 +200,30 @@ def parallel_fates(prices: Prices, avail: Availability, order: list[int], sizes:
     for f in on_time[needed:]:
         f.status = SPARE
     return fates
+
+
+def lockstep_fates(prices: Prices, avail: Availability, order: list[int], epoch_sizes: dict[int, list[int]],
+                   epochs: int, t0: float, hub: str, weights_bytes: int) -> list[Fate]:
+    """Large-batch SGD's steps in lock-step from ``t0``: at step t of each epoch every client with a batch t
+    downloads the weights, computes that batch's gradient and uploads it, and the step ends with the slowest.
+    A client whose step would end after it goes offline takes no part in it or any later one (dropped)."""
+    off = {k: avail.offline_at(k, t0) for k in order}
+    done, ends, gone, t = dict.fromkeys(order, 0), dict.fromkeys(order, t0), set(), t0
+    for _ in range(epochs):
+        for step in range(max((len(s) for s in epoch_sizes.values()), default=0)):
+            took = {}
+            for k in order:
+                if k in gone or step >= len(epoch_sizes[k]):
+                    continue
+                secs = (prices.download_s(k, hub, weights_bytes) + prices.steps_s(k, [epoch_sizes[k][step]])[0]
+                        + prices.upload_s(k, hub, weights_bytes))
+                if t + secs <= off[k] + 1e-12:
+                    took[k] = secs
+                else:
+                    gone.add(k)
+            if took:
+                t += max(took.values())
+            for k in took:
+                done[k], ends[k] = done[k] + 1, t
+    return [Fate(k, t0, ends[k], done[k], epochs * len(epoch_sizes[k]),
+                 DONE if k not in gone else DROPPED if done[k] else OFFLINE) for k in order]

@@ -189,3 +189,18 @@ def test_a_round_with_nobody_online_waits_for_the_first_client_and_the_wait_is_s
     # 5 s waiting, three turns of 2 steps (1.5 s each) and two hand-offs (2 s each)
     assert result.metrics["sim_wait_s"].iloc[0] == pytest.approx(5.0)
     assert result.metrics["sim_time_s"].iloc[0] == pytest.approx(5.0 + 3 * 2 * STEP_S + 2 * HANDOFF_S)
+
+
+def test_large_batch_sgd_takes_a_client_in_the_steps_it_finishes_before_it_goes(ray_session, tmp_path):
+    # each lock-step step: weights down (0.5 s), the gradient up (0.5 s): 1 s; client 2 is online until 1.5 s, so it
+    # takes part in step 1 of 2 only (and a round later, at 2 s, it is not online: the round has clients 0 and 1)
+    trace = _trace(tmp_path, "0,0,1e9\n1,0,1e9\n2,0,1.5\n")
+    result = run(small_config("algorithm=large_batch_sgd", "training.clients_per_round=3", "training.rounds=2",
+                              "population.availability=trace", f"population.trace_file={trace}", *LATENCY_ONLY),
+                 out_dir=tmp_path / "out", progress=False)
+    clients = pd.read_csv(result.out_dir / "clients.csv")
+    assert [(r.round, r.client, r.status, r.steps) for r in clients.itertuples()] == [
+        (1, 0, "done", 2), (1, 1, "done", 2), (1, 2, "dropped", 1), (2, 0, "done", 2), (2, 1, "done", 2)]
+    grads = result.ledger[result.ledger.kind == "gradient_update"].groupby(["round", "src"])["messages"].sum()
+    assert grads.to_dict() == {(1, "client/0"): 2, (1, "client/1"): 2, (1, "client/2"): 1, (2, "client/0"): 2,
+                               (2, "client/1"): 2}

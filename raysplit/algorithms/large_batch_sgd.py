@@ -2,26 +2,43 @@
 whole network on its local batch, the server averages the gradients (weighted by batch size, so N clients
 of batch b equal one batch of N·b) and steps, and the new weights go back to the clients.
 
-A round is ``local_epochs`` epochs; step t of an epoch uses every client's batch t (the same batches as
-its sequential SplitNN turn), so clients with fewer batches sit out the last steps.
+A round is ``local_epochs`` epochs; step t of an epoch uses every participating client's batch t (the same
+batches as its sequential SplitNN turn), so clients with fewer batches sit out the last steps. With a population
+(population.py), a client takes part in the steps that end before it goes offline (timeline.py: ``lockstep_fates``).
 """
 from __future__ import annotations
 
 import math
 from collections import defaultdict
 
-from raysplit.algorithms.whole_model import WholeModelAlgorithm
+from raysplit.algorithms.whole_model import SERVER, WholeModelAlgorithm
+from raysplit.timeline import lockstep_fates, step_sizes
 
 
 class LargeBatchSGD(WholeModelAlgorithm):
+    population_support = frozenset({"availability"})
+
     def run_round(self, r: int) -> dict:
         cfg, hosts = self.cfg, self.hosts
-        steps = [math.ceil(len(idx) / cfg.training.batch_size) for idx in self.plan.client_indices]
+        clients = sorted(self.round_clients(r))       # client order: the sums do not depend on the draw's order
+        steps = {k: math.ceil(len(self.plan.client_indices[k]) / cfg.training.batch_size) for k in clients}
+        limits: dict[int, int] = {}
+        if self.timed():
+            prices = self.prices(whole=True)
+            one_epoch = {k: step_sizes(len(self.plan.client_indices[k]), cfg.training.batch_size, 1) for k in clients}
+            self.fates = lockstep_fates(prices, self.availability, clients, one_epoch, cfg.training.local_epochs,
+                                        self.now_s + self.wait_s, SERVER, prices.model_bytes)
+            limits = {f.client: f.steps for f in self.fates if f.steps < f.planned}
+        taken = dict.fromkeys(clients, 0)
         epochs, stats, server_calls, step = cfg.training.local_epochs, [], [], 0
         for e in range(epochs):
-            for t in range(max(steps)):
+            for t in range(max(steps.values())):
                 clock = (r, step)
-                active = [k for k, s in enumerate(steps) if t < s]
+                active = [k for k in clients if t < steps[k] and taken[k] < limits.get(k, taken[k] + 1)]
+                if not active:
+                    continue
+                for k in active:
+                    taken[k] += 1
                 weights = self.on(self.server, "send_global", clock, active)
                 by_worker: dict = defaultdict(list)
                 for k in active:
