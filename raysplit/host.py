@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from collections.abc import Iterable, Mapping
 from typing import Any, Sequence
 
 import numpy as np
@@ -47,11 +48,56 @@ def keep_freed_buffers() -> None:
     mallopt(m_trim_threshold, 128 << 20)
 
 
+class ClientIndices(Mapping):
+    """{client id: its training-sample indices} for the clients one host holds, packed: the ids (sorted), one array
+    of every client's indices end to end, and where each client's begin. A client costs its indices and two
+    integers, not a Python array object (100,000 clients: ~1.6 MB beside their indices instead of ~19 MB, and
+    one array to ship to a host instead of 100,000). A client's indices are a read-only view."""
+
+    def __init__(self, ids: Iterable[int], parts: Iterable[np.ndarray]):
+        ids, parts = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, np.int64), list(parts)
+        if len(ids) != len(parts):
+            raise ValueError(f"{len(ids)} client ids for {len(parts)} index arrays")
+        order = np.argsort(ids, kind="stable")
+        self.ids = ids[order]
+        if len(self.ids) > 1 and not (np.diff(self.ids) > 0).all():
+            raise ValueError("client ids repeat")
+        sizes = np.fromiter((len(parts[i]) for i in order), np.int64, len(order))
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.flat = np.concatenate([np.asarray(parts[i], np.int64) for i in order]) if len(order) else np.zeros(0, np.int64)
+        self.flat.flags.writeable = False
+
+    def __getitem__(self, k) -> np.ndarray:
+        i = int(np.searchsorted(self.ids, k))
+        if i == len(self.ids) or self.ids[i] != k:
+            raise KeyError(k)
+        return self.flat[self.offsets[i]: self.offsets[i + 1]]
+
+    def __iter__(self):
+        return iter(self.ids.tolist())
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, k) -> bool:
+        i = int(np.searchsorted(self.ids, k))
+        return i < len(self.ids) and self.ids[i] == k
+
+    def __reduce__(self):
+        return (_client_indices, (self.ids, self.offsets, self.flat))
+
+
+def _client_indices(ids: np.ndarray, offsets: np.ndarray, flat: np.ndarray) -> ClientIndices:
+    out = ClientIndices.__new__(ClientIndices)
+    out.ids, out.offsets, out.flat = ids, offsets, flat
+    return out
+
+
 class PartyHost:
     def __init__(self, name: str, topology: Topology, roles: Sequence[str], training: TrainingConfig, seed: int,
                  threads: int = 1, use_gpu: bool = False, deterministic: bool = True, capture_ledger: bool = False,
                  plugins: Sequence[Plugin] = (), data_x: np.ndarray | None = None, data_y: np.ndarray | None = None,
-                 client_indices: dict[int, np.ndarray] | None = None, sample_ids: np.ndarray | None = None):
+                 client_indices: Mapping[int, np.ndarray] | None = None, sample_ids: np.ndarray | None = None):
         configure_torch(threads, deterministic)
         self.name, self.topo, self.roles, self.training, self.seed = name, topology, set(roles), training, seed
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
@@ -59,7 +105,7 @@ class PartyHost:
         # input view); row i is training sample sample_ids[i], or sample i when sample_ids is None
         self.data = {"x": data_x, "y": data_y}
         self.sample_ids = sample_ids
-        self.client_indices = client_indices or {}
+        self.client_indices = client_indices or {}     # {client: its sample indices} (hosts.py: a ClientIndices)
         self.peers: dict[str, Any] = {}                # role -> actor handle, for roles hosted elsewhere
         self.plugins = Plugins(plugins, self)
         self.ledger = Ledger(capture_ledger, transform=self.plugins.on_send if self.plugins.senders else None)

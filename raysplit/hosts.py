@@ -26,7 +26,7 @@ from raysplit.accounting import merge_stats
 from raysplit.config import ExperimentConfig, Resources
 from raysplit.errors import ConfigError
 from raysplit.graph import CLIENT, INPUT, Topology
-from raysplit.host import RemotePartyHost
+from raysplit.host import ClientIndices, RemotePartyHost
 from raysplit.plugins import merge_metrics
 from raysplit.runtime import check_capacity, connect, reserve, threads_for
 
@@ -264,13 +264,16 @@ def start_hosts(cfg: ExperimentConfig, topology: Topology, modules: dict, train_
     try:
         client_data = data_of(CLIENT) if n_workers else {}
         for w in range(n_workers):
-            mine = {k: idx for k, idx in enumerate(client_indices) if k % n_workers == w}
+            # packed (host.ClientIndices): one array per host, not one per client
+            ids = range(w, len(client_indices), n_workers)
+            mine = ClientIndices(ids, client_indices[w::n_workers])
             hosts.workers.append(host(f"worker{w}", [CLIENT], rt.worker, client_indices=mine, **client_data))
             hosts.host_roles[id(hosts.workers[-1])] = (CLIENT,)
-            hosts.client_host.update({k: hosts.workers[-1] for k in mine})
+            hosts.client_host.update(dict.fromkeys(ids, hosts.workers[-1]))
         initiator = topology.segments[0].owner
         for role in other_roles:
-            steps = dict(client_indices=dict(enumerate(client_indices))) if role == initiator else {}
+            steps = dict(client_indices=ClientIndices(range(len(client_indices)), client_indices)) \
+                if role == initiator else {}
             hosts.roles[role] = host(role, [role], rt.server, role_options, **data_of(role), **steps)
             hosts.host_roles[id(hosts.roles[role])] = (role,)
             if steps:
