@@ -105,11 +105,11 @@ def check_population(cfg: ExperimentConfig, topology: Topology) -> None:
     support = getattr(algo, "population_support", frozenset())
     asks = [(f, v, need) for f, v, need in (("population.availability", p.availability, "availability"),
                                             ("population.deadline_s", p.deadline_s, "deadline"),
-                                            ("population.over_select", p.over_select, "deadline"))
+                                            ("population.over_select", p.over_select, "over_selection"))
             if v not in ("always", None, 1.0)]
     for field, value, need in asks:
         if need not in support or CLIENT not in topology.roles:
-            off = {"availability": "always", "deadline": "null" if field.endswith("_s") else "1"}[need]
+            off = {"availability": "always", "deadline": "null", "over_selection": "1"}[need]
             raise ConfigError(field, value, f"{off} for {cfg.algorithm} on topology {cfg.topology} (planned for by "
                               f"{', '.join(catalog.plans_for(need))}, on topologies with clients)")
     population.check(cfg, selected_per_round(cfg))

@@ -16,6 +16,7 @@ served it alone (the hub's shared link and queue are network.py's post-hoc conce
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,11 +156,14 @@ def _steps_until(seconds: np.ndarray, budget: float) -> tuple[int, float]:
 
 
 def sequential_fates(prices: Prices, avail: Availability, order: list[int], sizes: dict[int, list[int]],
-                     t0: float, via_server: bool, holder: str | None) -> tuple[list[Fate], str | None]:
+                     t0: float, via_server: bool, holder: str | None,
+                     deadline_s: float | None = None) -> tuple[list[Fate], str | None]:
     """Turns one after another from ``t0``, each after the hand-off into it: a client offline when its turn comes
     does nothing; one that goes offline in the middle stops after its last whole step and the hand-off goes on
-    from the party that sent it. ``holder``: who holds the latest client-side weights when the round begins
+    from the party that sent it; at ``t0 + deadline_s`` the round ends (the turn then running stops the same way,
+    later ones do not begin: late). ``holder``: who holds the latest client-side weights when the round begins
     (None: nobody yet). Returns the fates and who holds them at the end."""
+    end = math.inf if deadline_s is None else t0 + deadline_s
     net, t, fates = prices.net, t0, []
     handoff = prices.handoff()
     for k in order:
@@ -169,9 +173,9 @@ def sequential_fates(prices: Prices, avail: Availability, order: list[int], size
                 t += handoff.seconds(net, holder, "server")
                 holder = "server"
             t += handoff.seconds(net, holder, me)
-        secs = prices.steps_s(k, sizes[k])
-        done, used = _steps_until(secs, avail.offline_at(k, t) - t)
-        status = DONE if done == len(secs) else (DROPPED if done else OFFLINE)
+        secs, until = prices.steps_s(k, sizes[k]), avail.offline_at(k, t)
+        done, used = _steps_until(secs, min(until, end) - t)
+        status = DONE if done == len(secs) else LATE if until > end else DROPPED if done else OFFLINE
         fates.append(Fate(k, t, t + used, done, len(secs), status))
         t += used
         if status == DONE:
@@ -203,11 +207,13 @@ def parallel_fates(prices: Prices, avail: Availability, order: list[int], sizes:
 
 
 def lockstep_fates(prices: Prices, avail: Availability, order: list[int], epoch_sizes: dict[int, list[int]],
-                   epochs: int, t0: float, hub: str, weights_bytes: int) -> list[Fate]:
+                   epochs: int, t0: float, hub: str, weights_bytes: int, deadline_s: float | None = None) -> list[Fate]:
     """Large-batch SGD's steps in lock-step from ``t0``: at step t of each epoch every client with a batch t
     downloads the weights, computes that batch's gradient and uploads it, and the step ends with the slowest.
-    A client whose step would end after it goes offline takes no part in it or any later one (dropped)."""
-    off = {k: avail.offline_at(k, t0) for k in order}
+    A client whose step would end after it goes offline takes no part in it or any later one (dropped); none
+    takes part in a step that would end after ``t0 + deadline_s`` (late)."""
+    end = math.inf if deadline_s is None else t0 + deadline_s
+    off = {k: min(avail.offline_at(k, t0), end) for k in order}
     done, ends, gone, t = dict.fromkeys(order, 0), dict.fromkeys(order, t0), set(), t0
     for _ in range(epochs):
         for step in range(max((len(s) for s in epoch_sizes.values()), default=0)):
@@ -225,5 +231,6 @@ def lockstep_fates(prices: Prices, avail: Availability, order: list[int], epoch_
                 t += max(took.values())
             for k in took:
                 done[k], ends[k] = done[k] + 1, t
+    left = {k: avail.offline_at(k, t0) <= end for k in order}    # gone offline, not stopped by the deadline
     return [Fate(k, t0, ends[k], done[k], epochs * len(epoch_sizes[k]),
-                 DONE if k not in gone else DROPPED if done[k] else OFFLINE) for k in order]
+                 DONE if k not in gone else LATE if not left[k] else DROPPED if done[k] else OFFLINE) for k in order]

@@ -173,11 +173,11 @@ def test_bad_traces_are_one_line(tmp_path, rows, field, says):
                              f"population.trace_file={trace}"))
 
 
-def test_a_deadline_is_positive_and_only_for_algorithms_that_plan_for_it():
+def test_a_deadline_is_positive_and_over_selection_only_for_parallel_rounds():
     with pytest.raises(ConfigError, match=r"^population.deadline_s: 0"):
         small_config("algorithm=fedavg", "population.deadline_s=0")
-    with pytest.raises(ConfigError, match=r"^population.deadline_s: 5.*null for splitnn .*planned for by fedavg"):
-        prepare(small_config("population.deadline_s=5"))
+    with pytest.raises(ConfigError, match=r"^population.over_select: 2.0 .*expected 1 for splitnn .*planned for by splitfed, fedavg"):
+        prepare(small_config("population.over_select=2"))
 
 
 def test_a_round_with_nobody_online_waits_for_the_first_client_and_the_wait_is_simulated_time(ray_session, tmp_path):
@@ -204,3 +204,13 @@ def test_large_batch_sgd_takes_a_client_in_the_steps_it_finishes_before_it_goes(
     grads = result.ledger[result.ledger.kind == "gradient_update"].groupby(["round", "src"])["messages"].sum()
     assert grads.to_dict() == {(1, "client/0"): 2, (1, "client/1"): 2, (1, "client/2"): 1, (2, "client/0"): 2,
                                (2, "client/1"): 2}
+
+
+def test_a_sequential_round_ends_at_its_deadline(ray_session, tmp_path):
+    # as in the trace test: client 2's turn would begin at 8.5 s; at a 9 s deadline its first step (1.5 s) does not fit
+    result = run(_timed(tmp_path, "training.rounds=1", "population.deadline_s=9"), out_dir=tmp_path / "out",
+                 progress=False)
+    clients = pd.read_csv(result.out_dir / "clients.csv")
+    assert [(r.client, r.status, r.steps) for r in clients.itertuples()] == [(0, "done", 2), (1, "dropped", 1),
+                                                                              (2, "late", 0)]
+    assert result.metrics["sim_time_s"].iloc[0] == pytest.approx(3.0 + HANDOFF_S + STEP_S + HANDOFF_S)

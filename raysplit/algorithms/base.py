@@ -50,7 +50,7 @@ class Algorithm(ABC):
     # simulated time); False for algorithms that train the whole network at every client
     splits_model: ClassVar[bool] = True
     # what of a population (population.py) it plans rounds for: "availability" (clients come and go, and may go
-    # in the middle of their work), "deadline" (population.deadline_s and over_select)
+    # in the middle of their work), "deadline" (population.deadline_s), "over_selection" (population.over_select)
     population_support: ClassVar[frozenset] = frozenset()
 
     def __init__(self, plan: Plan, capture_ledger: bool = False, progress: bool = True):

@@ -17,7 +17,7 @@ from raysplit.timeline import DONE, DROPPED, parallel_fates
 
 
 class FedAvg(WholeModelAlgorithm):
-    population_support = frozenset({"availability", "deadline"})
+    population_support = frozenset({"availability", "deadline", "over_selection"})
 
     def run_round(self, r: int) -> dict:
         clients = self.round_clients(r)

@@ -16,7 +16,7 @@ from raysplit.timeline import lockstep_fates, step_sizes
 
 
 class LargeBatchSGD(WholeModelAlgorithm):
-    population_support = frozenset({"availability"})
+    population_support = frozenset({"availability", "deadline"})
 
     def run_round(self, r: int) -> dict:
         cfg, hosts = self.cfg, self.hosts
@@ -27,7 +27,8 @@ class LargeBatchSGD(WholeModelAlgorithm):
             prices = self.prices(whole=True)
             one_epoch = {k: step_sizes(len(self.plan.client_indices[k]), cfg.training.batch_size, 1) for k in clients}
             self.fates = lockstep_fates(prices, self.availability, clients, one_epoch, cfg.training.local_epochs,
-                                        self.now_s + self.wait_s, SERVER, prices.model_bytes)
+                                        self.now_s + self.wait_s, SERVER, prices.model_bytes,
+                                        cfg.population.deadline_s)
             limits = {f.client: f.steps for f in self.fates if f.steps < f.planned}
         taken = dict.fromkeys(clients, 0)
         epochs, stats, server_calls, step = cfg.training.local_epochs, [], [], 0

@@ -260,7 +260,7 @@ class SplitFedServer(SegmentServer):
 class SplitFed(SplitNN):
     """SplitFed v1 / v2 (``splitfed``): parallel rounds of split learning with federated averaging."""
 
-    population_support = frozenset({"availability", "deadline"})
+    population_support = frozenset({"availability", "deadline", "over_selection"})
     FOLD_WINDOW = 4   # v1: finished clients per worker whose server-side copies may wait to be averaged
 
     def __init__(self, plan, capture_ledger: bool = False, progress: bool = True):

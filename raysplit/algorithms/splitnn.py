@@ -145,7 +145,7 @@ class SplitNN(Algorithm):
     """Sequential split learning: clients take turns; client-side weights and optimizer state are handed
     on to the next client, peer-to-peer or through the server (``handoff``)."""
 
-    population_support = frozenset({"availability"})
+    population_support = frozenset({"availability", "deadline"})
 
     def __init__(self, plan, capture_ledger: bool = False, progress: bool = True):
         super().__init__(plan, capture_ledger, progress)
@@ -195,7 +195,8 @@ class SplitNN(Algorithm):
         if self.state_ref is not None and self.holder is not None and self.holder != party_id(CLIENT, order[0]):
             self.state_ref = self._hand_on(r, order[0])
         fates, holder = sequential_fates(self.prices(), self.availability, order, self.step_sizes(order),
-                                         self.now_s + self.wait_s, self.cfg.handoff == "server", self.holder)
+                                         self.now_s + self.wait_s, self.cfg.handoff == "server", self.holder,
+                                         self.cfg.population.deadline_s)
         limits = {f.client: f.steps for f in fates if f.status != DONE}
         if self.over_links:
             refs = self._round_over_links(r, order, None, limits)
