@@ -1,4 +1,5 @@
-"""``raysplit compare``: SplitNN, FedAvg and large-batch SGD on the same data, partition, model and seed.
+"""``raysplit compare``: SplitNN, FedAvg and large-batch SGD (and SplitFed, in ``compare.methods``) on the same data,
+partition, model and seed.
 
 One experiment config serves all three; ``algorithm`` is set per method and the config's ``compare``
 section may override training or runtime settings per method (e.g. ``fedavg: {training.lr: 0.1}``).
@@ -19,7 +20,7 @@ import pandas as pd
 import yaml
 
 from raysplit import config as config_mod
-from raysplit.config import COMPARE_METHODS, ExperimentConfig, method_config, method_overrides
+from raysplit.config import ExperimentConfig, method_config, method_overrides
 from raysplit.data import load_dataset
 from raysplit.errors import ConfigError
 from raysplit.experiment import prepare, run
@@ -39,8 +40,8 @@ class Comparison:
 
 
 def compare(cfg: ExperimentConfig, out_dir: str | Path | None = None, progress: bool = True) -> Comparison:
-    resolve(cfg)             # one measured compute speed for all three methods, in every config.yaml
-    configs = {m: method_config(cfg, m) for m in COMPARE_METHODS}
+    resolve(cfg)             # one measured compute speed for all the methods, in every config.yaml
+    configs = {m: method_config(cfg, m) for m in cfg.compare.methods}
     # every data and model check before any run; the methods share data and seed, so load the data once
     dataset = load_dataset(cfg.data, cfg.seed)
     plans = {}

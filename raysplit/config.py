@@ -68,7 +68,10 @@ def _coerce(value: Any, tp, path: str, meta: dict) -> Any:
     if origin is list:
         if not isinstance(value, list):
             value = [value]
-        return [_coerce(v, typing.get_args(tp)[0], path, {}) for v in value]
+        out = [_coerce(v, typing.get_args(tp)[0], path, {}) for v in value]
+        if meta.get("check") is not None and not meta["check"](out):
+            raise ConfigError(path, value, meta["allowed"])
+        return out
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(path, value, meta.get("allowed") or _describe(tp))

@@ -141,16 +141,20 @@ class MultiTaskConfig:
     group_owner: str = "server"           # the party holding the group head: the server or a party of its own
 
 
-COMPARE_METHODS = ("splitnn", "fedavg", "large_batch_sgd")
+COMPARE_METHODS = ("splitnn", "splitfed", "fedavg", "large_batch_sgd")
 # what a per-method override may not change: the methods are compared on the same data, partition, model, seed
 SHARED_BY_METHODS = ("algorithm", "compare", "name", "output_dir", "seed", "data", "model.name", "network")
 
 
 @dataclass
 class CompareConfig:
-    """``raysplit compare``: per-method overrides ({dotted key: value}) applied on top of the shared config,
-    e.g. ``fedavg: {training.lr: 0.1}``. Ignored by ``raysplit run``."""
+    """``raysplit compare``: the methods it runs, and per-method overrides ({dotted key: value}) applied on top of
+    the shared config, e.g. ``fedavg: {training.lr: 0.1}``. Ignored by ``raysplit run``."""
+    methods: list[str] = _rule(default_factory=lambda: ["splitnn", "fedavg", "large_batch_sgd"],
+                               allowed=f"a non-empty list of distinct methods from {', '.join(COMPARE_METHODS)}",
+                               check=lambda v: bool(v) and len(set(v)) == len(v) and set(v) <= set(COMPARE_METHODS))
     splitnn: dict = field(default_factory=dict)
+    splitfed: dict = field(default_factory=dict)
     fedavg: dict = field(default_factory=dict)
     large_batch_sgd: dict = field(default_factory=dict)
 

@@ -53,6 +53,7 @@ def test_compare_writes_one_directory_with_three_runs(tmp_path, raysplit_here):
     (["--set", "compare.fedavg.data.num_clients=5"], "compare.fedavg.data.num_clients: 5 .*the methods share"),
     (["--set", "compare.splitnn.model.cut_layers=[40]"], "compare.splitnn.model.cut_layers: 40 .*fmnist_cnn has 10 layers"),
     (["--set", "training.participation=1.5"], "training.participation: 1.5 .*a number in \\(0, 1\\]"),
+    (["--set", "compare.methods=[splitnn, splitnn]"], "compare.methods: .*distinct methods from splitnn, splitfed"),
 ])
 def test_compare_bad_input_is_one_line_exit_2_nothing_written(tmp_path, raysplit_here, extra, pattern):
     out = tmp_path / "cmp"
@@ -67,6 +68,8 @@ def test_method_config_overrides_and_round_trip():
     cfg = config.from_dict({"training": {"lr": 0.1}, "compare": {"fedavg": {"training": {"lr": 0.3}},
                                                                  "large_batch_sgd": {"runtime.workers": 2}}})
     fed, lb, split = (config.method_config(cfg, m) for m in ("fedavg", "large_batch_sgd", "splitnn"))
+    assert (config.method_config(cfg, "splitfed").algorithm, config.method_config(cfg, "splitfed").schedule) == \
+        ("splitfed", "parallel")
     assert (fed.algorithm, fed.training.lr) == ("fedavg", 0.3)
     assert (lb.training.lr, lb.runtime.workers) == (0.1, 2)
     assert split.training.lr == 0.1 and split.compare == config.CompareConfig()
