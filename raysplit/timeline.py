@@ -65,12 +65,12 @@ class Prices:
             self.model_bytes = payload_nbytes(detached_state(self._net))
             self._shape = train_x.shape[1:]
             return
+        # threads as they are, no deterministic mode: this process's torch settings stay the driver's
         self.host = PartyHost("pricing", topology, topology.roles, cfg.training, cfg.seed,
-                              threads=torch.get_num_threads(), deterministic=cfg.runtime.deterministic,
+                              threads=torch.get_num_threads(), deterministic=False,
                               plugins=copy.deepcopy(plugins), data_x=train_x, data_y=train_y)
         self.program = SegmentServer(self.host, copy.deepcopy(modules))
         self._handoff: Cost | None = None
-        self._client_weights: Cost | None = None
 
     # ---------------------------------------------------------------- split steps (the engine's own)
     def _drained(self) -> Cost:
@@ -146,6 +146,7 @@ class Fate:
     steps: int
     planned: int
     status: str = DONE
+    began: bool = True          # False: a sequential turn the round's deadline came before (nothing ran)
 
 
 def _steps_until(seconds: np.ndarray, budget: float) -> tuple[int, float]:
@@ -168,6 +169,9 @@ def sequential_fates(prices: Prices, avail: Availability, order: list[int], size
     handoff = prices.handoff()
     for k in order:
         me = party_id(CLIENT, k)
+        if t >= end:                                    # the round is over: no hand-off, no turn
+            fates.append(Fate(k, end, end, 0, len(sizes[k]), LATE, began=False))
+            continue
         if holder is not None and holder != me:         # the hand-off into this turn, from its holder
             if via_server and holder != "server":
                 t += handoff.seconds(net, holder, "server")

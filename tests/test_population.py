@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import small_config
-from test_recovery import PLUGINS, same_results
+from test_recovery import PLUGINS, ctrl_c, same_results  # noqa: F401 (ctrl_c: a fixture)
 
 from raysplit.errors import ConfigError
 from raysplit.experiment import prepare, run
@@ -65,7 +65,7 @@ def test_a_trace_gives_the_participants_and_dropouts_a_hand_computation_predicts
     assert flops[(1, "client/1")] * 2 == flops[(1, "client/0")] == flops[(2, "client/1")]
 
 
-def test_timed_rounds_do_not_depend_on_the_number_of_worker_hosts_or_on_a_resume(ray_session, tmp_path):
+def test_timed_rounds_do_not_depend_on_the_number_of_worker_hosts_or_on_a_resume(ray_session, tmp_path, ctrl_c):
     one = run(_timed(tmp_path, "training.rounds=3"), write=False, progress=False)
     two = run(_timed(tmp_path, "training.rounds=3", "runtime.workers=2"), write=False, progress=False)
     same_results(one, two)
@@ -214,3 +214,14 @@ def test_a_sequential_round_ends_at_its_deadline(ray_session, tmp_path):
     assert [(r.client, r.status, r.steps) for r in clients.itertuples()] == [(0, "done", 2), (1, "dropped", 1),
                                                                               (2, "late", 0)]
     assert result.metrics["sim_time_s"].iloc[0] == pytest.approx(3.0 + HANDOFF_S + STEP_S + HANDOFF_S)
+
+
+def test_a_timed_round_in_which_nobody_leaves_trains_as_the_untimed_one(ray_session):
+    # a deadline nobody reaches puts the run on the clock (prices, fates, the last hand-off kept for the next
+    # round's first client) without changing what it computes
+    base = ["data.num_clients=6", "training.clients_per_round=3", "training.rounds=3", "training.client_order=shuffled"]
+    plain = run(small_config(*base), write=False, progress=False)
+    timed = run(small_config(*base, "population.deadline_s=1e9"), write=False, progress=False)
+    assert plain.metrics["test_acc"].tolist() == timed.metrics["test_acc"].tolist()
+    assert plain.ledger["bytes"].sum() == timed.ledger["bytes"].sum()
+    assert_same_model(plain, timed)

@@ -198,6 +198,7 @@ class SplitNN(Algorithm):
                                          self.now_s + self.wait_s, self.cfg.handoff == "server", self.holder,
                                          self.cfg.population.deadline_s)
         limits = {f.client: f.steps for f in fates if f.status != DONE}
+        order = [f.client for f in fates if f.began]
         if self.over_links:
             refs = self._round_over_links(r, order, None, limits)
         else:
