@@ -8,9 +8,9 @@ MU = 0.1
 
 
 class FedProxClient(WholeModelClient):
-    def local_train(self, client, round_, weights):
+    def local_train(self, client, round_, weights, steps=None):
         self.anchor = None               # the global weights this turn starts from (taken at its first step)
-        return super().local_train(client, round_, weights)
+        return super().local_train(client, round_, weights, steps)
 
     def _forward_backward(self, me, idx):
         if self.anchor is None:
