@@ -65,7 +65,7 @@ def test_a_trace_gives_the_participants_and_dropouts_a_hand_computation_predicts
     assert flops[(1, "client/1")] * 2 == flops[(1, "client/0")] == flops[(2, "client/1")]
 
 
-def test_timed_rounds_do_not_depend_on_the_number_of_worker_hosts_or_on_a_resume(ray_session, tmp_path, ctrl_c):
+def test_timed_rounds_do_not_depend_on_the_number_of_worker_hosts_or_on_a_resume(ray_session, tmp_path, ctrl_c):  # noqa: F811
     one = run(_timed(tmp_path, "training.rounds=3"), write=False, progress=False)
     two = run(_timed(tmp_path, "training.rounds=3", "runtime.workers=2"), write=False, progress=False)
     same_results(one, two)
