@@ -41,7 +41,9 @@ def shrink(raw: dict) -> dict:
     raw = copy.deepcopy(raw)
     d = raw.setdefault("data", {})
     if isinstance(d, dict) and d.get("dataset", "fashion_mnist") == "fashion_mnist":
-        d.update(dataset="synthetic", synthetic_shape=[1, 28, 28], synthetic_classes=10, synthetic_samples=128)
+        clients = d.get("num_clients", 10)
+        samples = max(128, clients) if isinstance(clients, int) and not isinstance(clients, bool) else 128
+        d.update(dataset="synthetic", synthetic_shape=[1, 28, 28], synthetic_classes=10, synthetic_samples=samples)
         d.pop("train_samples", None)
     if isinstance(raw.get("runtime"), dict):
         raw["runtime"].pop("address", None)
@@ -228,7 +230,8 @@ def deletions(raw: dict) -> list[tuple[str, typing.Callable[[dict], None], str]]
         out.append(("splitfed on vertical", lambda r: set_key(r, "algorithm", "splitfed"), r"schedule|algorithm"))
     if "multi_task" in raw:
         out.append(("del multi_task.groups[-1]", lambda r: r["multi_task"]["groups"].pop(), r"multi_task.groups"))
-    if raw.get("algorithm") == "splitfed" or raw.get("schedule") == "parallel":
+    # SplitFed: named, or split learning (the default algorithm) on the parallel schedule (FedAvg's parallel is not)
+    if raw.get("algorithm") == "splitfed" or (raw.get("algorithm", "splitnn") == "splitnn" and raw.get("schedule") == "parallel"):
         out.append(("splitfed without clients", lambda r: r.update(topology="vertical", data=dict(r["data"], num_clients=1),
                                                                    vertical={"holders": [{"rows": [0, 14]}, {"rows": [14, 28]}]}),
                     r"schedule: 'parallel'"))
