@@ -239,6 +239,11 @@ def deletions(raw: dict) -> list[tuple[str, typing.Callable[[dict], None], str]]
                                                                     model=dict(r["model"], cut_layers=["pool1", "relu3"])),
                     r"algorithm: 'splitfed' .*can train topology extended: splitnn, centralized, fedavg, "
                     r"large_batch_sgd[a-z_, ]* \(splitfed needs clients and a server"))
+    if "population" in raw:   # a population config without what its section needs
+        out.append(("population trace without its file", lambda r: r["population"].update(availability="trace"),
+                    r"population.trace_file"))
+        out.append(("population more clients a round than online", lambda r: set_key(
+            r, "training.clients_per_round", r["data"]["num_clients"]), r"training.clients_per_round"))
     return out
 
 
