@@ -192,9 +192,10 @@ def count_flops(module: torch.nn.Module, inputs: Sequence[torch.Tensor], input_g
     # the probe's random draws (dropout) come from a forked stream: counting happens on a host's first step of
     # a shape, so drawing from the real one would make the run's randomness depend on the hosting
     cuda = sorted({t.device.index or 0 for t in inputs if t.is_cuda})
+    fed = [x.clone() for x in xs]   # as the engine does: a first in-place layer must not modify a leaf (not counted)
     with torch.random.fork_rng(devices=cuda):
         with FlopCounterMode(display=False) as fwd:
-            out = probe(*xs)
+            out = probe(*fed)
         outs = [o for o in tensors_in(out) if o.requires_grad]
         with FlopCounterMode(display=False) as bwd:
             if outs:

@@ -118,6 +118,12 @@ class SplitEngine:
                 xs.append(self.host.receive(next(it)).detach().requires_grad_(True))
         return xs
 
+    @staticmethod
+    def _fed(seg: Segment, xs) -> list[torch.Tensor]:
+        """What the segment computes on: a copy of each received leaf, so that a first in-place layer (a cut right
+        before ReLU(inplace=True)) modifies neither the leaf whose gradient goes back nor the sender's tensor."""
+        return [x if i == INPUT else x.clone() for i, x in zip(seg.inputs, xs)]
+
     def _ids(self, idx):
         """Sample ids as this party got them: its own array, or sent by the initiator (vertical)."""
         return idx if idx is None or isinstance(idx, np.ndarray) else self.host.receive(idx, "cpu").numpy()
@@ -140,7 +146,7 @@ class SplitEngine:
         idx = self._ids(idx)
         xs = self._inputs(seg, idx, inputs)
         input_grad = any(i != INPUT for i in seg.inputs)
-        out = module(*xs)
+        out = module(*self._fed(seg, xs))
         h.meter.forward(me, name, module, xs, input_grad)
         if not seg.task:
             extra, extra_bwd = None, 0
@@ -185,7 +191,7 @@ class SplitEngine:
         me, module = party_id(seg.owner, client), store.modules[name]
         with torch.no_grad(), eval_mode(module):
             xs = self._inputs(seg, self._ids(idx), inputs)
-            out = module(*xs)
+            out = module(*self._fed(seg, xs))
         h.meter.forward(me, name, module, xs, False)
         return out.cpu().numpy() if seg.task else self._send_activation(seg, me, client, out)
 
