@@ -92,7 +92,7 @@ def splits_model(cfg: ExperimentConfig) -> bool:
 def is_parallel(cfg: ExperimentConfig) -> bool:
     """Clients work at once: the parallel schedule (SplitFed), or a method that trains the whole model on
     every client (FedAvg, large-batch SGD: they do not split the model, and their rounds are parallel)."""
-    return cfg.schedule == "parallel" or not splits_model(cfg)
+    return cfg.schedule in ("parallel", "async") or not splits_model(cfg)
 
 
 def unsupported(algorithm_cls: type, topology: Topology) -> str | None:

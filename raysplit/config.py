@@ -17,7 +17,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from raysplit.config_schema import (  # noqa: F401 (the schema is public here: raysplit.config.ExperimentConfig, ...)
-    AttacksConfig, bounded, CHAINS, COMPARE_METHODS, CompareConfig, CompressionConfig, DataConfig, ExperimentConfig,
+    AsynchronyConfig, AttacksConfig, bounded, CHAINS, COMPARE_METHODS, CompareConfig, CompressionConfig, DataConfig, ExperimentConfig,
     HolderConfig, HubLinkConfig, LinkConfig, MAX_CLASSES, MAX_SAMPLES, MAX_VALUES, ModelConfig, MultiTaskConfig,
     NetworkConfig, PARTY_NAME, PerClientConfig, PopulationConfig, PrivacyConfig, RAY_ADDRESS, Resources, RuntimeConfig, SEED_LIMIT,
     SHARED_BY_METHODS, SweepConfig, TrainingConfig, VerticalConfig,
@@ -206,17 +206,23 @@ def validate(cfg: ExperimentConfig) -> None:
         _check_party_name("multi_task.group_owner", cfg.multi_task.group_owner)
         if cfg.multi_task.group_owner == "client":
             raise ConfigError("multi_task.group_owner", "client", "server or the name of another party (heads are server-side)")
-    # split learning with the parallel schedule is SplitFed (and SplitFed is always parallel)
-    if cfg.algorithm == "splitnn" and cfg.schedule == "parallel":
-        cfg.algorithm = "splitfed"
-    if cfg.algorithm == "splitfed":
-        cfg.schedule = "parallel"
+    # split learning with the parallel schedule is SplitFed, with the asynchronous one async_split (and each of them
+    # always runs on its schedule)
+    own_schedule = {"splitfed": "parallel", "async_split": "async"}
+    if cfg.algorithm == "splitnn" and cfg.schedule != "sequential":
+        cfg.algorithm = {v: k for k, v in own_schedule.items()}[cfg.schedule]
+    if cfg.algorithm in own_schedule:
+        cfg.schedule = own_schedule[cfg.algorithm]
+    if cfg.algorithm == "async_split" and cfg.training.averaging_point != "fed_server":
+        raise ConfigError("training.averaging_point", cfg.training.averaging_point,
+                          "fed_server for async_split (the latest client-side weights live with a party of their own)")
+    if cfg.algorithm in own_schedule:
         named = [*(cfg.parties or []), cfg.multi_task.group_owner]
         if cfg.training.averaging_point == "fed_server" and "fed_server" in named:
             raise ConfigError("training.averaging_point", "fed_server", "server, or no party of the topology named "
                               "fed_server (the averaging party has that name)")
-    if cfg.schedule == "parallel" and cfg.topology == "vertical":
-        raise ConfigError("schedule", "parallel", "sequential for topology vertical (its holders share one sample "
+    if cfg.schedule != "sequential" and cfg.topology == "vertical":
+        raise ConfigError("schedule", cfg.schedule, "sequential for topology vertical (its holders share one sample "
                           "space; there are no clients to run in parallel)")
     address = cfg.runtime.address
     if address is not None and not RAY_ADDRESS.match(address):

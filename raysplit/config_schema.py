@@ -141,7 +141,7 @@ class MultiTaskConfig:
     group_owner: str = "server"           # the party holding the group head: the server or a party of its own
 
 
-COMPARE_METHODS = ("splitnn", "splitfed", "fedavg", "large_batch_sgd")
+COMPARE_METHODS = ("splitnn", "splitfed", "async_split", "fedavg", "large_batch_sgd")
 # what a per-method override may not change: the methods are compared on the same data, partition, model, seed
 SHARED_BY_METHODS = ("algorithm", "compare", "name", "output_dir", "seed", "data", "model.name", "network")
 
@@ -155,6 +155,7 @@ class CompareConfig:
                                check=lambda v: bool(v) and len(set(v)) == len(v) and set(v) <= set(COMPARE_METHODS))
     splitnn: dict = field(default_factory=dict)
     splitfed: dict = field(default_factory=dict)
+    async_split: dict = field(default_factory=dict)
     fedavg: dict = field(default_factory=dict)
     large_batch_sgd: dict = field(default_factory=dict)
 
@@ -265,6 +266,18 @@ class PopulationConfig:
 
 
 @dataclass
+class AsynchronyConfig:
+    """The asynchronous schedule (``schedule: async``, algorithms/async_split.py): clients_per_round clients work at
+    once, each from the latest global client-side weights, the server taking their steps as they arrive; a finished
+    client's weights w are mixed into the global ones g as g + a (w - g), a = mix * (1 + staleness) ** -exponent
+    (FedAsync's polynomial rule), staleness being how many updates the global weights took while it worked."""
+    mix: float = _rule(default=0.5, **fraction)
+    staleness_exponent: float = _rule(default=0.5, **non_negative)
+    # an update more than this many versions stale is discarded (its work and bytes still counted); null: none is
+    max_staleness: Optional[int] = _rule(default=None, **non_negative)
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     seed: int = _rule(default=0, **bounded(0, SEED_LIMIT))
@@ -272,7 +285,7 @@ class ExperimentConfig:
     algorithm: str = "splitnn"            # a registered algorithm (algorithms/__init__.py: ALGORITHMS)
     topology: str = "vanilla"             # a registered topology (topology.py: TOPOLOGIES)
     parties: Optional[list[str]] = None   # chains: who holds each segment, in order; default per topology
-    schedule: Literal["sequential", "parallel"] = "sequential"
+    schedule: Literal["sequential", "parallel", "async"] = "sequential"
     handoff: Literal["peer", "server"] = "peer"
     splitfed: Literal["v1", "v2"] = "v1"   # parallel schedule: v1 server copy per client, v2 one server model
     data: DataConfig = field(default_factory=DataConfig)
@@ -286,6 +299,7 @@ class ExperimentConfig:
     attacks: AttacksConfig = field(default_factory=AttacksConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     population: PopulationConfig = field(default_factory=PopulationConfig)
+    asynchrony: AsynchronyConfig = field(default_factory=AsynchronyConfig)
     # further plug-ins, in order: [{name: a registered plug-in or package.module:Class, <its options>}]
     plugins: list[dict] = field(default_factory=list)
     output_dir: Optional[str] = None      # default results/<name>-<timestamp>

@@ -233,6 +233,8 @@ class _Run:
         row = round_row(r, cfg, train, test, entries, flops, wall, extra)
         if algo.timed():
             row.update(fate_counts(algo.fates), sim_wait_s=algo.wait_s)
+            if algo.span_s is not None:
+                row["sim_span_s"] = algo.span_s
             self.results.setdefault("client_rows", []).extend(fate_rows(r, algo.fates))
         self.results["rows"].append(row)
         self.results["ledger_rows"] += [{**x, "round": x["round"] + 1} for x in summarize(entries, raw=True)]

@@ -29,6 +29,11 @@ or a seeded lognormal spread on top (config.py: NetworkConfig).
   where a population's round waited for its first client to come online (population.py). A parallel round with
   a deadline (population.deadline_s) ends at it: its comm and compute are scaled down to fit (late clients'
   uploads are in the ledger, but the round did not wait for them).
+- **Asynchronous** rounds (``schedule: async``) overlap their clients' work and the server's turns in ways the
+  tables cannot tell: their span is planned event by event (async_timeline.py) and kept in metrics.csv
+  (``sim_span_s``); sim_time_s is that span, and sim_comm_s and sim_compute_s are scaled to add up to it. Priced
+  under another network (``simulate``) they keep that span: on another network the events, and so the training,
+  would be others.
 
 The default compute speed is this machine's, measured once (``machine_flops``: a matmul and a convolution
 on one thread) and cached, then written into a run's config.yaml (``resolve``), so its simulated times are
@@ -51,6 +56,7 @@ from raysplit.config import ExperimentConfig, LinkConfig, NetworkConfig, holder_
 from raysplit.errors import ConfigError
 
 SIM_COLUMNS = ("sim_time_s", "sim_comm_s", "sim_compute_s")
+KEPT = ("sim_wait_s", "sim_span_s")      # what the run itself knows (population.py, async_timeline.py), not priced here
 ROLES = ("client", "server", "others")
 
 
@@ -266,7 +272,7 @@ def add_sim_columns(metrics: pd.DataFrame, ledger: pd.DataFrame, flops: pd.DataF
     """metrics.csv with the simulated-time columns (replaced if there). ``parallel``: the run's clients work at
     once (catalog.is_parallel)."""
     times = round_times(ledger, flops, network_for(cfg, network), parallel)
-    metrics = metrics.drop(columns=[c for c in metrics.columns if c.startswith("sim_") and c != "sim_wait_s"])
+    metrics = metrics.drop(columns=[c for c in metrics.columns if c.startswith("sim_") and c not in KEPT])
     if metrics.empty:
         return metrics
     merged = metrics.merge(times, on="round", how="left")
@@ -277,6 +283,12 @@ def add_sim_columns(metrics: pd.DataFrame, ledger: pd.DataFrame, flops: pd.DataF
         scale = np.minimum(1.0, deadline / merged["sim_time_s"].where(merged["sim_time_s"] > 0, np.inf))
         for col in SIM_COLUMNS:
             merged[col] = merged[col] * scale
+    if "sim_span_s" in merged:                # an asynchronous round: its span, planned event by event
+        span = merged["sim_span_s"]
+        scale = (span / merged["sim_time_s"].where(merged["sim_time_s"] > 0, np.inf)).where(span.notna(), 1.0)
+        for col in SIM_COLUMNS:
+            merged[col] = merged[col] * scale
+        merged["sim_time_s"] = span.where(span.notna(), merged["sim_time_s"])
     if "sim_wait_s" in merged:                # a round that waited for a client to come online began later
         merged["sim_time_s"] = merged["sim_time_s"] + merged["sim_wait_s"]
     for col in SIM_COLUMNS:

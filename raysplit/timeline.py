@@ -120,6 +120,13 @@ class Prices:
         me = party_id(CLIENT, client)
         return np.array([self.step(s).seconds(self.net, me) for s in sizes])
 
+    def step_parts_s(self, client: int, sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Each step's seconds in two parts: the client's own (its compute and every transfer of the step) and the
+        other parties' compute (the server's, which clients working at once take turns at: async_timeline.py)."""
+        probe = party_id(CLIENT, PROBE_CLIENT)
+        others = np.array([sum(self.net.compute_s(p, f) for p, f in self.step(s).flops if p != probe) for s in sizes])
+        return self.steps_s(client, sizes) - others, others
+
     def download_s(self, client: int, src: str, nbytes: int) -> float:
         return self.net.message_s(src, party_id(CLIENT, client), 1, nbytes)
 
@@ -129,8 +136,8 @@ class Prices:
 
 # -------------------------------------------------------------------- what becomes of each participant
 
-DONE, DROPPED, OFFLINE, LATE, SPARE = "done", "dropped", "offline", "late", "spare"
-STATUSES = (DONE, DROPPED, OFFLINE, LATE, SPARE)
+DONE, DROPPED, OFFLINE, LATE, SPARE, STALE = "done", "dropped", "offline", "late", "spare", "stale"
+STATUSES = (DONE, DROPPED, OFFLINE, LATE, SPARE, STALE)
 
 
 @dataclass
@@ -139,7 +146,7 @@ class Fate:
     it ran of those it had, and its status: done; dropped (went offline in the middle: the steps it finished
     count, its result does not); offline (gone before its turn came); late (finished after the deadline: its
     upload crossed but the round did not wait for it); spare (over-selected: finished after the clients the
-    round needed)."""
+    round needed); stale (asynchronous rounds: its update came more than asynchrony.max_staleness versions late)."""
     client: int
     start_s: float
     end_s: float

@@ -20,9 +20,10 @@ FLOORS = {
                   "raysplit.compression", "raysplit.privacy", "raysplit.attacks"],
     # where it runs: the actor host, the split engine, direct links, Ray and the placement of hosts
     "parties": ["raysplit.link", "raysplit.host", "raysplit.engine", "raysplit.runtime", "raysplit.hosts",
-                "raysplit.timeline"],
+                "raysplit.timeline", "raysplit.async_timeline"],
     # what a round does: the Algorithm contract and the drivers with their programs
     "algorithms": ["raysplit.algorithms.base", "raysplit.algorithms.splitnn", "raysplit.algorithms.splitfed",
+                   "raysplit.algorithms.async_split",
                    "raysplit.algorithms.whole_model", "raysplit.algorithms.fedavg",
                    "raysplit.algorithms.large_batch_sgd", "raysplit.algorithms.centralized", "raysplit.algorithms"],
     # the composition root: knows every registry, checks a config's names, builds its plug-ins

@@ -6,6 +6,7 @@ on the party hosts (its *programs*) lives in the same module. Register a new one
 ``@ALGORITHMS.register("name")`` (a user's own, in their module).
 """
 from raysplit.accounting import merge_stats
+from raysplit.algorithms.async_split import AsyncSplit
 from raysplit.algorithms.base import Algorithm, Plan
 from raysplit.algorithms.centralized import Centralized
 from raysplit.algorithms.fedavg import FedAvg
@@ -15,9 +16,9 @@ from raysplit.algorithms.splitnn import SplitNN
 from raysplit.registry import Registry
 
 ALGORITHMS = Registry("algorithm", "algorithm")
-for _name, _cls in {"splitnn": SplitNN, "splitfed": SplitFed, "centralized": Centralized, "fedavg": FedAvg,
-                    "large_batch_sgd": LargeBatchSGD}.items():
+for _name, _cls in {"splitnn": SplitNN, "splitfed": SplitFed, "async_split": AsyncSplit, "centralized": Centralized,
+                    "fedavg": FedAvg, "large_batch_sgd": LargeBatchSGD}.items():
     ALGORITHMS.register(_name, _cls)
 
-__all__ = ["ALGORITHMS", "Algorithm", "Centralized", "FedAvg", "LargeBatchSGD", "Plan", "SplitFed", "SplitNN",
-           "merge_stats"]
+__all__ = ["ALGORITHMS", "Algorithm", "AsyncSplit", "Centralized", "FedAvg", "LargeBatchSGD", "Plan", "SplitFed",
+           "SplitNN", "merge_stats"]

@@ -61,6 +61,7 @@ class Algorithm(ABC):
         self.availability = availability(self.cfg)
         self.now_s, self.wait_s = 0.0, 0.0
         self.fates: list[Fate] = []
+        self.span_s: float | None = None    # a round's simulated time when the algorithm plans it whole (async)
         self._prices: Prices | None = None
 
     def timed(self) -> bool:
