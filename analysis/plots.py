@@ -23,9 +23,9 @@ from raysplit.errors import RaysplitError  # noqa: E402
 from raysplit.network import describe, load_network, network_for  # noqa: E402
 
 COLORS = {"splitnn": "tab:blue", "fedavg": "tab:red", "large_batch_sgd": "tab:green", "splitfed": "tab:purple",
-          "centralized": "black"}
+          "async_split": "tab:orange", "centralized": "black"}
 LABELS = {"splitnn": "SplitNN", "fedavg": "Federated averaging", "large_batch_sgd": "Large-batch sync. SGD",
-          "splitfed": "SplitFed", "centralized": "Centralized (reference)"}
+          "splitfed": "SplitFed", "async_split": "Async split learning", "centralized": "Centralized (reference)"}
 ORDER = list(COLORS)
 
 

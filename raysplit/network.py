@@ -149,8 +149,14 @@ class Network:
             rng = np.random.default_rng([seed, 0x6E6574])
             for key in ("up_mbps", "down_mbps", "flops_per_s"):
                 columns[key] = columns[key] * np.exp(net.spread * rng.standard_normal(n))
-        self.clients = [Link(u * 1e6, d * 1e6, l / 1e3, f) for u, d, l, f in
-                        zip(columns["up_mbps"], columns["down_mbps"], columns["latency_ms"], columns["flops_per_s"])]
+        # one row per client (bit/s, bit/s, s, FLOP/s); a client's Link is built when asked for: a population of
+        # 100,000 would otherwise build 100,000 of them every time a run's tables are priced
+        self._clients = np.stack([columns["up_mbps"] * 1e6, columns["down_mbps"] * 1e6, columns["latency_ms"] / 1e3,
+                                  columns["flops_per_s"]], axis=1)
+
+    @property
+    def clients(self) -> list[Link]:
+        return [Link(*map(float, row)) for row in self._clients]
 
     @staticmethod
     def _link(c: LinkConfig) -> Link:
@@ -163,7 +169,7 @@ class Network:
     def link(self, party: str) -> Link:
         role, _, k = party.partition("/")
         if role == "client":
-            return self.clients[int(k)] if k and int(k) < len(self.clients) else self.roles["client"]
+            return Link(*map(float, self._clients[int(k)])) if k and int(k) < len(self._clients) else self.roles["client"]
         if party in self.holders:
             return self.roles["client"]
         return self.roles["server" if role == "server" else "others"]
