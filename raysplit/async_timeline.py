@@ -10,7 +10,8 @@ goes offline in the middle (population.py) stops after its last whole step and s
 taken at that moment.
 
 A "round" is the next ``needed`` arrivals of finished clients: the clients still working at its end go on in
-the next round, from where they are. Everything is decided here before a round runs, exactly from the prices:
+the next round, from where they are; the place its last arrival frees is taken as the next round begins (at
+the same simulated moment), so a client's batches are drawn for the round it starts in, as a sequential turn's. Everything is decided here before a round runs, exactly from the prices:
 the round's events in time order (starts with the weights' version, steps with their place in the server's
 order, finishes with their mixing weight, drops), the fates of the clients that ended in it, and its span.
 The state between rounds is plain numbers and lists (a checkpoint holds it).
@@ -141,5 +142,6 @@ class AsyncTimeline:
             else:
                 events.append(Event("drop", k, t))
                 fates.append(Fate(k, f["start_s"], t, f["done"], steps, DROPPED if f["done"] else OFFLINE))
-            self._fill(events)
+            if arrived < needed:      # (the round's last arrival: its place is taken as the next round begins)
+                self._fill(events)
         return events, fates, self.t - begin

@@ -119,6 +119,19 @@ def test_one_client_at_a_time_with_mix_one_is_centralized_training_in_the_order_
     assert np.allclose(result.metrics["sim_span_s"], 4.0, atol=1e-6)
 
 
+def test_with_one_client_it_is_sequential_splitnn_bitwise(ray_session):
+    """One client, its weights replacing the global ones (mix 1, staleness 0): each round it takes the weights it left,
+    trains on the round's batches and sends them back, as SplitNN's one client keeps them (plain SGD: SplitNN hands
+    its optimizer state on, an asynchronous client starts afresh; with no momentum there is none)."""
+    sets = ("data.num_clients=1", "training.rounds=3", "training.momentum=0")
+    sync = run(small_config(*sets), write=False, progress=False)
+    asyn = run(small_config(*sets, "schedule=async", "asynchrony.mix=1"), write=False, progress=False)
+    a, b = sync.model.state_dict(), asyn.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    cols = ["test_acc", "test_loss", "train_loss", "train_acc", "client_flops", "server_flops"]
+    assert sync.metrics[cols].equals(asyn.metrics[cols])
+
+
 def test_async_results_do_not_depend_on_the_number_of_worker_hosts_or_on_a_resume(ray_session, tmp_path, ctrl_c):  # noqa: F811
     sets = ("schedule=async", "data.num_clients=5", "training.clients_per_round=2", "training.rounds=3", *LATENCY_ONLY)
     one = run(small_config(*sets), write=False, progress=False)
