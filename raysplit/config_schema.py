@@ -305,3 +305,191 @@ class ExperimentConfig:
     output_dir: Optional[str] = None      # default results/<name>-<timestamp>
     compare: CompareConfig = field(default_factory=lambda: CompareConfig())
     sweep: SweepConfig = field(default_factory=lambda: SweepConfig())
+
+
+# One sentence per field, for the generated reference (docs/config.md: python -m raysplit.config_reference), keyed
+# "Class.field"; a subclass inherits its base's (HubLinkConfig from LinkConfig). tests/test_reference_and_figures.py
+# fails when a field has none.
+DESCRIPTIONS: dict[str, str] = {
+    # ExperimentConfig
+    "ExperimentConfig.name": "The experiment's name, used in the default results directory and in figure titles.",
+    "ExperimentConfig.seed": "The seed of every random draw (data, partition, initial weights, batches, client sampling).",
+    "ExperimentConfig.imports": "Python modules imported before the config's names are checked, where your own models, "
+                                "data sets, topologies, algorithms and plug-ins register themselves (a module beside "
+                                "the config file is found).",
+    "ExperimentConfig.algorithm": "The training method: splitnn, splitfed, async_split, fedavg, large_batch_sgd, "
+                                  "centralized, or a registered one (algorithms/__init__.py: ALGORITHMS).",
+    "ExperimentConfig.topology": "How the network is cut among the parties: vanilla, u_shaped, vertical, extended, "
+                                 "multi_task, multi_hop, or a registered one (topology.py: TOPOLOGIES).",
+    "ExperimentConfig.parties": "For chain topologies, the party holding each segment in order; null: the topology's own.",
+    "ExperimentConfig.schedule": "How clients take part: in turns (sequential), K at once with averaging (parallel), "
+                                 "or asynchronously (async, with algorithm async_split).",
+    "ExperimentConfig.handoff": "Sequential SplitNN: the client-side weights go to the next client directly (peer) "
+                                "or through the server (server).",
+    "ExperimentConfig.splitfed": "Parallel schedule: v1 keeps a server-side copy per client (averaged each round), v2 "
+                                 "one server model taking the clients' steps in turn.",
+    "ExperimentConfig.data": "The data set and how it is split over the clients.",
+    "ExperimentConfig.model": "The network and where it is cut.",
+    "ExperimentConfig.training": "Rounds, batches, optimizer and client participation.",
+    "ExperimentConfig.runtime": "Where and how the parties run on Ray: cluster address, worker actors, resources, checkpoints.",
+    "ExperimentConfig.vertical": "The data holders of a vertically partitioned data set (topology: vertical).",
+    "ExperimentConfig.multi_task": "The second task of topology multi_task.",
+    "ExperimentConfig.compression": "Codecs applied to what crosses a cut.",
+    "ExperimentConfig.privacy": "Defences and leakage measures.",
+    "ExperimentConfig.attacks": "Attacks run against what crosses the cut.",
+    "ExperimentConfig.network": "The simulated network and compute speeds that price a run's ledger and FLOPs in time.",
+    "ExperimentConfig.population": "When clients are online and how a round treats clients that are offline or late.",
+    "ExperimentConfig.asynchrony": "The asynchronous schedule's mixing rule.",
+    "ExperimentConfig.plugins": "Further plug-ins in order, each a mapping {name: a registered plug-in or "
+                                "package.module:Class, <its options>}.",
+    "ExperimentConfig.output_dir": "The results directory; null: results/<name>-<timestamp>.",
+    "ExperimentConfig.compare": "What `raysplit compare` runs (ignored by `raysplit run`).",
+    "ExperimentConfig.sweep": "What `raysplit sweep` runs (ignored by `raysplit run`).",
+    # DataConfig
+    "DataConfig.dataset": "The data set: fashion_mnist, cifar10, cifar100, breast_cancer, medmnist, synthetic, "
+                          "synthetic_federated, a registered one (data.py: DATASETS), or package.module:loader.",
+    "DataConfig.root": "The folder the image data sets are read from (or downloaded to); null: $RAYSPLIT_DATA or "
+                       "~/.cache/raysplit/data.",
+    "DataConfig.num_clients": "The number of data holders (clients) the training set is split over.",
+    "DataConfig.partition": "How training samples are split over clients: iid, Dirichlet label skew (dirichlet), "
+                            "label shards (shards), or the data set's own owners (natural).",
+    "DataConfig.sizes": "Client sizes under iid and synthetic_federated: equal, or lognormal (heavy-tailed, spread "
+                        "size_sigma).",
+    "DataConfig.size_sigma": "The spread of lognormal client sizes: client k's share is proportional to "
+                             "exp(size_sigma * N(0, 1)).",
+    "DataConfig.alpha": "The Dirichlet concentration of partition dirichlet (smaller: more label skew).",
+    "DataConfig.shards_per_client": "Partition shards: the number of label-sorted shards each client receives.",
+    "DataConfig.train_samples": "Use only the first this many training samples; null: all.",
+    "DataConfig.test_samples": "Use only the first this many test samples; null: all.",
+    "DataConfig.classes": "Keep only these classes, relabelled 0..k-1 in this order (e.g. [0, 6] for a binary task); "
+                          "null: all.",
+    "DataConfig.synthetic_samples": "Training samples of the synthetic data sets (a quarter as many test samples).",
+    "DataConfig.synthetic_shape": "The shape of a synthetic sample: [features] or [channels, height, width].",
+    "DataConfig.synthetic_classes": "The number of classes of the synthetic data sets.",
+    "DataConfig.synthetic_alpha": "synthetic_federated (FedProx's synthetic(alpha, beta)): how much the clients' "
+                                  "models differ.",
+    "DataConfig.synthetic_beta": "synthetic_federated: how much the clients' inputs differ.",
+    "DataConfig.medmnist_file": "The MedMNIST .npz file (train_images, train_labels, test_images, test_labels) read "
+                                "when dataset is medmnist.",
+    # ModelConfig
+    "ModelConfig.name": "The network: a registered model (models.py: MODELS) or package.module:builder.",
+    "ModelConfig.cut_layers": "The layers (names or indices) after which the network is cut into segments, one per boundary.",
+    # TrainingConfig
+    "TrainingConfig.rounds": "The number of training rounds (a round: every taking-part client passes over its data "
+                             "local_epochs times).",
+    "TrainingConfig.local_epochs": "Passes a client makes over its own data in a round, for every algorithm.",
+    "TrainingConfig.batch_size": "Samples per step at each client.",
+    "TrainingConfig.optimizer": "The optimizer of every party's segment: sgd (with momentum) or adam.",
+    "TrainingConfig.lr": "The learning rate.",
+    "TrainingConfig.momentum": "SGD momentum (unused by adam).",
+    "TrainingConfig.weight_decay": "L2 weight decay passed to the optimizer (sgd and adam).",
+    "TrainingConfig.client_order": "The order of sequential turns when every client takes part: client 0, 1, ... "
+                                   "(fixed) or a seeded permutation each round (shuffled).",
+    "TrainingConfig.participation": "The fraction of clients drawn (from the seed) to take part in each round.",
+    "TrainingConfig.clients_per_round": "The number of clients taking part in each round (takes precedence over "
+                                        "participation); null: use participation.",
+    "TrainingConfig.averaging_point": "SplitFed: who averages the client-side weights, a fed server of its own "
+                                      "(fed_server) or the main server (server).",
+    # Resources
+    "Resources.num_cpus": "CPUs Ray reserves for this party host (fractions allowed).",
+    "Resources.num_gpus": "GPUs Ray reserves for this party host (fractions allowed; 0: runs on CPU).",
+    "Resources.torch_threads": "torch's intra-op threads in this party host; null: max(1, num_cpus).",
+    "Resources.resources": "Custom Ray resources the host's node must offer, e.g. {node_a: 1} (declared with "
+                           "`ray start --resources`).",
+    # RuntimeConfig
+    "RuntimeConfig.address": "The Ray cluster to attach to (auto, HOST:PORT or ray://HOST:PORT); null: start a local Ray.",
+    "RuntimeConfig.workers": "The number of worker actors that host the virtual clients (results do not depend on it).",
+    "RuntimeConfig.worker": "The resources of each worker actor.",
+    "RuntimeConfig.server": "The resources of the server and the other non-client party hosts.",
+    "RuntimeConfig.eval_every": "Evaluate test accuracy every this many rounds (and after the last).",
+    "RuntimeConfig.placement": "Place every party host in one Ray placement group with this strategy; null: no "
+                               "placement group.",
+    "RuntimeConfig.deterministic": "Turn on torch.use_deterministic_algorithms in every party, so the same seed "
+                                   "gives the same numbers.",
+    "RuntimeConfig.step_transport": "How a sequential SplitNN step's calls travel: over a direct link between the "
+                                    "parties (link, falling back to Ray) or as one Ray actor call each (ray).",
+    "RuntimeConfig.checkpoint_every": "Save the experiment's complete state every this many rounds (and after the "
+                                      "last), for --resume and recovery.",
+    "RuntimeConfig.keep_checkpoints": "The number of most recent checkpoints kept.",
+    "RuntimeConfig.checkpoint_dir": "Where checkpoints go; null: <results>/checkpoints (use a shared path on a cluster).",
+    "RuntimeConfig.max_failures": "Party hosts that may be lost, and recovered from a checkpoint, before the run stops.",
+    # HolderConfig, VerticalConfig
+    "HolderConfig.name": "The holder's party name; null: holder<i>.",
+    "HolderConfig.rows": "[start, stop): the image rows it holds (images only); null: all rows.",
+    "HolderConfig.columns": "[start, stop): the feature columns (tabular) or image columns it holds; null: all.",
+    "HolderConfig.sample_ids": "A file of the training-sample ids it holds, one integer per line (every holder must "
+                               "hold the same ids); null: all samples.",
+    "VerticalConfig.holders": "The data holders, two or more, each a mapping of name, rows, columns and sample_ids.",
+    "VerticalConfig.combine": "How the server joins the holders' cut outputs: concatenated, summed or averaged.",
+    "VerticalConfig.label_holder": "Who holds the labels: the server (the active party) or a holder's name.",
+    # MultiTaskConfig
+    "MultiTaskConfig.groups": "For each class, its coarse group (the labels of the second task); null: the data "
+                              "set's default.",
+    "MultiTaskConfig.group_owner": "The party holding the second task's head: the server or a party of its own name.",
+    # CompareConfig, SweepConfig
+    "CompareConfig.methods": "The methods `raysplit compare` runs on the same data, model and seed.",
+    "CompareConfig.splitnn": "Overrides for the splitnn run, {dotted key: value}, e.g. {training.lr: 0.1}.",
+    "CompareConfig.splitfed": "Overrides for the splitfed run, {dotted key: value}.",
+    "CompareConfig.async_split": "Overrides for the async_split run, {dotted key: value}.",
+    "CompareConfig.fedavg": "Overrides for the fedavg run, {dotted key: value}.",
+    "CompareConfig.large_batch_sgd": "Overrides for the large_batch_sgd run, {dotted key: value}.",
+    "SweepConfig.grid": "Fields and their values; `raysplit sweep` runs every combination (--grid on the command "
+                        "line wins for a field named in both).",
+    "SweepConfig.points": "Further settings run one by one after the grid, e.g. [{privacy.activation_noise: 0.5}]; "
+                          "a field a point leaves out keeps the config's value.",
+    # CompressionConfig
+    "CompressionConfig.activation": "The codec for cut activations: identity, float16, int8, topk or a registered "
+                                    "codec (compression.py: CODECS); null: sent as they are.",
+    "CompressionConfig.gradient": "The codec for cut gradients, as for activation; null: sent as they are.",
+    "CompressionConfig.topk_ratio": "The topk codec: the share of values kept.",
+    # PrivacyConfig
+    "PrivacyConfig.nopeek": "NoPeek's alpha: the data holder adds alpha * DCOR(input, cut activation) to its loss; 0: off.",
+    "PrivacyConfig.activation_noise": "The sigma of Gaussian noise added to cut activations; 0: off.",
+    "PrivacyConfig.gradient_noise": "The sigma of Gaussian noise added to cut gradients; 0: off.",
+    "PrivacyConfig.clip": "Clip each sample's row to this L2 norm before noise is added; null: no clipping.",
+    "PrivacyConfig.leakage_probe": "Measure DCOR(input, cut activation) on this many samples each evaluated round; 0: off.",
+    "PrivacyConfig.label_epsilon": "Labels sent to the server go through randomized response with this epsilon; "
+                                   "null: sent as they are.",
+    # AttacksConfig
+    "AttacksConfig.model_inversion": "The server trains a decoder to reconstruct client inputs from their cut activations.",
+    "AttacksConfig.aux_samples": "Model inversion: the auxiliary training samples the attacker holds.",
+    "AttacksConfig.targets": "Model inversion: the held-out client samples it reconstructs (the picture's grid).",
+    "AttacksConfig.decoder_epochs": "Model inversion: the epochs the attacker's decoder trains on the auxiliary samples.",
+    "AttacksConfig.label_inference": "A party without labels infers them from the cut gradients it receives.",
+    "AttacksConfig.probe": "Label inference: the training samples it scores.",
+    "AttacksConfig.positive_class": "Label inference: the class told apart from the rest (its AUC is reported).",
+    # LinkConfig (and HubLinkConfig), PerClientConfig, NetworkConfig
+    "LinkConfig.up_mbps": "The party's upload speed in Mbit/s.",
+    "LinkConfig.down_mbps": "The party's download speed in Mbit/s.",
+    "LinkConfig.latency_ms": "One-way delay of the party's access link in ms (a message's latency is the sum of its "
+                             "two ends').",
+    "LinkConfig.flops_per_s": "The party's compute speed in FLOP/s; null: measured once on this machine and written "
+                              "into the run's config.yaml.",
+    "PerClientConfig.up_mbps": "Each client's upload speed (one value per client); null: network.client's for all.",
+    "PerClientConfig.down_mbps": "Each client's download speed (one value per client); null: network.client's for all.",
+    "PerClientConfig.latency_ms": "Each client's link delay (one value per client); null: network.client's for all.",
+    "PerClientConfig.flops_per_s": "Each client's FLOP/s (one value per client); null: network.client's for all.",
+    "NetworkConfig.client": "Every data holder's link (clients and vertical holders): a clinic's by default.",
+    "NetworkConfig.server": "The server's link (also the averaging point's): a data centre's by default.",
+    "NetworkConfig.others": "Any other party's link (a label holder, further hops): a data centre's by default.",
+    "NetworkConfig.per_client": "Per-client overrides of network.client.",
+    "NetworkConfig.spread": "Heterogeneous clients: each client's speeds multiplied by its own seeded factor "
+                            "exp(spread * N(0, 1)); 0: all alike.",
+    # PopulationConfig
+    "PopulationConfig.availability": "When clients are online: always, each slot with probability online_share "
+                                     "(share), online_s of every period_s (diurnal), or as trace_file says (trace).",
+    "PopulationConfig.online_share": "availability share: the probability a client is online in a slot.",
+    "PopulationConfig.slot_s": "availability share: the length of a slot in simulated seconds.",
+    "PopulationConfig.period_s": "availability diurnal: the period in simulated seconds (a day by default).",
+    "PopulationConfig.online_s": "availability diurnal: the simulated seconds of each period a client is online.",
+    "PopulationConfig.trace_file": "availability trace: a CSV of online intervals (client,start_s,end_s), FedScale's form.",
+    "PopulationConfig.deadline_s": "Parallel rounds: drop an update arriving later than this many simulated seconds "
+                                   "after the round's start; null: wait for the slowest client.",
+    "PopulationConfig.over_select": "Parallel rounds: select this many times the clients per round and keep the "
+                                    "first to finish; 1: no over-selection.",
+    # AsynchronyConfig
+    "AsynchronyConfig.mix": "The weight a fresh client update gets when mixed into the global client-side weights.",
+    "AsynchronyConfig.staleness_exponent": "How fast an update's weight falls with its staleness: "
+                                           "mix * (1 + staleness) ** -exponent.",
+    "AsynchronyConfig.max_staleness": "Discard an update more than this many versions stale; null: none is discarded.",
+}

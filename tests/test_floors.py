@@ -14,7 +14,8 @@ FLOORS = {
     # what every part speaks: errors, names, the config, the graph, accounting, the plug-in base, averaging, ...
     "core": ["raysplit.errors", "raysplit.registry", "raysplit.config_schema", "raysplit.config", "raysplit.graph",
              "raysplit.accounting", "raysplit.plugins", "raysplit.averaging", "raysplit.schedule",
-             "raysplit.checkpoint", "raysplit.console", "raysplit.network", "raysplit.population"],
+             "raysplit.checkpoint", "raysplit.console", "raysplit.network", "raysplit.population",
+             "raysplit.config_reference"],
     # what ships inside: models, data sets and partitions, topology builders, codecs, defences, attacks
     "built-ins": ["raysplit.models", "raysplit.partition", "raysplit.data", "raysplit.topology",
                   "raysplit.compression", "raysplit.privacy", "raysplit.attacks"],
