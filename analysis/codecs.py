@@ -51,10 +51,20 @@ def run_variants(config: str, overrides: list[str], out: Path, progress: bool = 
         result = run(cfg, out_dir=out / name.replace(" ", "_").replace("+", "and"), progress=progress,
                      plan=prepare(cfg, dataset))
         summary = json.loads((result.out_dir / "summary.json").read_text())
-        rows.append(dict(variant=name, activation=cfg.compression.activation, gradient=cfg.compression.gradient,
-                         topk_ratio=cfg.compression.topk_ratio, final_test_acc=summary["final_test_acc"],
-                         best_test_acc=summary["best_test_acc"], client_gb_per_client=summary["client_gb_per_client"],
-                         run=str(result.out_dir)))
+        rows.append(variant_row(name, cfg, summary, result.out_dir))
+    return variants_table(rows)
+
+
+def variant_row(name: str, cfg, summary: dict, run_dir: Path) -> dict:
+    """A setting's row of codecs.csv. No codec (the config's null) is written "none": an empty cell, which
+    pandas reads back (and prints) as NaN, would not say that the tensors crossed as they are."""
+    return dict(variant=name, activation=cfg.compression.activation or "none",
+                gradient=cfg.compression.gradient or "none", topk_ratio=cfg.compression.topk_ratio,
+                final_test_acc=summary["final_test_acc"], best_test_acc=summary["best_test_acc"],
+                client_gb_per_client=summary["client_gb_per_client"], run=str(run_dir))
+
+
+def variants_table(rows: list[dict]) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     table["bytes_vs_none"] = table["client_gb_per_client"] / table.loc[table["variant"] == "none", "client_gb_per_client"].iloc[0]
     return table
@@ -80,9 +90,10 @@ def plot(table: pd.DataFrame, title: str) -> plt.Figure:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="raysplit codecs", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="raysplit codecs", description=" ".join(__doc__.split("\n\n")[0].split()),
+                                 epilog=" ".join(__doc__.split("\n\n")[2].split()))
     ap.add_argument("config", help="experiment YAML (its compression section is replaced by each setting)")
-    ap.add_argument("--out", help="results directory (default results/<name>-codecs)")
+    ap.add_argument("--out", metavar="DIR", help="results directory (default results/<name>-codecs)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)

@@ -99,19 +99,24 @@ def _parser() -> argparse.ArgumentParser:
     ct.add_argument("--network", metavar="YAML", help="a YAML file with a network: section (default: the clinic "
                                                        "default; compute speed: this machine's, measured once)")
     q = sub.add_parser("query", help="FLOPs and bytes per client of the three methods")
-    q.add_argument("--model", required=True)
-    q.add_argument("--input-shape", required=True, help="e.g. 1,28,28")
-    q.add_argument("--classes", type=int, required=True)
+    q.add_argument("--model", required=True, help="a registered model, e.g. fmnist_cnn, vgg16, resnet50")
+    q.add_argument("--input-shape", required=True, help="one sample's shape, channels first: e.g. 1,28,28")
+    q.add_argument("--classes", type=int, required=True, help="the number of classes (the model's output size)")
     q.add_argument("--cut", action="append", required=True, help="cut layer (repeat for several)")
-    q.add_argument("--samples-per-client", type=int, required=True)
-    q.add_argument("--clients", type=int, required=True)
-    q.add_argument("--epochs", type=int, default=1)
+    q.add_argument("--samples-per-client", type=int, required=True, help="training samples each client holds")
+    q.add_argument("--clients", type=int, required=True, help="the number of clients")
+    q.add_argument("--epochs", type=int, default=1,
+                   help="passes over every client's data of SplitNN and large-batch SGD (default 1)")
     q.add_argument("--rounds", type=int, default=None, help="FedAvg rounds (default: --epochs)")
-    q.add_argument("--local-epochs", type=int, default=1)
-    q.add_argument("--batch-size", type=int, default=64)
-    q.add_argument("--bytes-per-element", type=int, default=4)
-    q.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd_momentum")
-    q.add_argument("--handoff", choices=HANDOFF_MODES, default="peer")
+    q.add_argument("--local-epochs", type=int, default=1, help="FedAvg: passes over its data per round (default 1)")
+    q.add_argument("--batch-size", type=int, default=64, help="samples per step at each client (default 64)")
+    q.add_argument("--bytes-per-element", type=int, default=4,
+                   help="bytes of each value sent: 4 for float32 (default), 2 for float16, 1 for int8")
+    q.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd_momentum",
+                   help="the client optimizer, whose state SplitNN hands on with the weights (default sgd_momentum)")
+    q.add_argument("--handoff", choices=HANDOFF_MODES, default="peer",
+                   help="SplitNN's hand-off of client-side weights: to the next client (peer, default) or through "
+                        "the server")
     q.add_argument("--network", metavar="YAML", help="also the simulated time of each method on this network "
                                                       "(a YAML file with a network: section)")
     return p

@@ -107,19 +107,38 @@ def model_size(model: str, input_shape: Sequence[int], num_classes: int) -> int:
     return segment_costs(model, input_shape, num_classes, (), batch_size=2).states[0].num_parameters
 
 
-def _mark_crossover(ax, xs, split, fed, color) -> None:
+# in every panel of the time crossover: colour and line style the method, marker the model
+METHOD_STYLE = {"SplitNN": dict(color="tab:blue", ls="-"), "FedAvg": dict(color="tab:red", ls="--")}
+MODEL_MARKER = {"fmnist_cnn": "o", "vgg16": "^", "resnet50": "s"}
+CROSSOVER_COLOR = "gray"
+
+
+def _mark_crossover(ax, xs, split, fed, what: str = "") -> None:
     """A dotted line where SplitNN becomes the faster (first x from which it stays no slower)."""
     wins = [i for i in range(len(xs)) if all(a <= b for a, b in zip(split[i:], fed[i:]))]
     if wins and wins[0] > 0:
         x = xs[wins[0]]
-        ax.axvline(x, color=color, lw=1, ls=":")
-        ax.annotate(f"SplitNN faster from {x:,}", (x, fed[wins[0]]), fontsize=8, color=color,
+        ax.axvline(x, color=CROSSOVER_COLOR, lw=1, ls=":")
+        ax.annotate(f"SplitNN faster from {x:,}{what}", (x, fed[wins[0]]), fontsize=8, color=CROSSOVER_COLOR,
                     xytext=(4, -14), textcoords="offset points")
 
 
 def plot_time_crossover(out="crossover_time.png", network: NetworkConfig | None = None):
+    """Write time_crossover_figure to ``out``; return the path."""
+    import matplotlib.pyplot as plt
+
+    fig = time_crossover_figure(network)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def time_crossover_figure(network: NetworkConfig | None = None):
     """Time of one epoch (SplitNN) vs one round of one local epoch (FedAvg), as the number of clients, the data
-    per client, the model and the client uplink vary; each panel varies one from a Fashion-MNIST baseline."""
+    per client, the model and the client uplink vary; each panel varies one from a Fashion-MNIST baseline.
+    Colour (and line style) means the method in every panel, the marker the model (METHOD_STYLE, MODEL_MARKER)."""
     # pyplot here, not at the top: the closed forms above (raysplit costs query, the tests) need no figures
     import matplotlib
     matplotlib.use("Agg")
@@ -150,19 +169,23 @@ def plot_time_crossover(out="crossover_time.png", network: NetworkConfig | None 
     fig, axes = plt.subplots(1, 4, figsize=(22, 5))
     # (a) Singh et al.'s setting in time: a fixed data set split over more and more clients
     ax = axes[0]
-    for color, (model, shape, classes, cut), total in (("tab:blue", models[0], 60_000), ("tab:green", models[1], 50_000)):
+    for (model, shape, classes, cut), total in ((models[0], 60_000), (models[1], 50_000)):
         xs = [int(x) for x in np.unique(np.logspace(0, np.log10(total // 10), 14).round())]
         split, fed = zip(*(both(model=model, shape=shape, classes=classes, cut=cut, n=total // x, clients=x) for x in xs))
-        ax.plot(xs, split, "o-", color=color, label=f"SplitNN, {model}, {total // 1000}k samples")
-        ax.plot(xs, fed, "s--", color=color, label=f"FedAvg, {model}, {total // 1000}k samples")
-        _mark_crossover(ax, xs, split, fed, color)
+        ax.plot(xs, split, marker=MODEL_MARKER[model], **METHOD_STYLE["SplitNN"],
+                label=f"SplitNN, {model}, {total // 1000}k samples")
+        ax.plot(xs, fed, marker=MODEL_MARKER[model], **METHOD_STYLE["FedAvg"],
+                label=f"FedAvg, {model}, {total // 1000}k samples")
+        _mark_crossover(ax, xs, split, fed, f" ({model})")
     ax.set_xlabel("number of clients N (a fixed data set split evenly)")
     ax.legend(fontsize=7)
     for ax, (xlabel, xs, fn) in zip(axes[1:3], panels):
         split, fed = zip(*(fn(x) for x in xs))
-        ax.plot(xs, split, "o-", color="tab:blue", label="SplitNN, 1 epoch (sequential turns)")
-        ax.plot(xs, fed, "s--", color="tab:red", label="FedAvg, 1 round of 1 local epoch")
-        _mark_crossover(ax, xs, split, fed, "gray")
+        ax.plot(xs, split, marker=MODEL_MARKER["fmnist_cnn"], **METHOD_STYLE["SplitNN"],
+                label="SplitNN, fmnist_cnn, 1 epoch (sequential turns)")
+        ax.plot(xs, fed, marker=MODEL_MARKER["fmnist_cnn"], **METHOD_STYLE["FedAvg"],
+                label="FedAvg, fmnist_cnn, 1 round of 1 local epoch")
+        _mark_crossover(ax, xs, split, fed)
         ax.set_xlabel(xlabel)
         ax.legend(fontsize=7)
     for ax in axes:
@@ -179,10 +202,13 @@ def plot_time_crossover(out="crossover_time.png", network: NetworkConfig | None 
         fed.append(f_)
     order = np.argsort(sizes)
     xs = [sizes[i] for i in order]
-    ax.plot(xs, [split[i] for i in order], "o-", color="tab:blue")
-    ax.plot(xs, [fed[i] for i in order], "s--", color="tab:red")
+    ax.plot(xs, [split[i] for i in order], **METHOD_STYLE["SplitNN"], label="SplitNN")
+    ax.plot(xs, [fed[i] for i in order], **METHOD_STYLE["FedAvg"], label="FedAvg")
     for i in order:
+        for value, method in ((split[i], "SplitNN"), (fed[i], "FedAvg")):
+            ax.plot([sizes[i]], [value], ls="none", marker=MODEL_MARKER[names[i]], color=METHOD_STYLE[method]["color"])
         ax.annotate(names[i], (sizes[i], fed[i]), fontsize=8, xytext=(4, -12), textcoords="offset points")
+    ax.legend(fontsize=7)
     ax.set_xlabel("model size (parameters; 100 clients x 600 samples, each model at its own cut)")
     axes[0].set_ylabel("simulated time of one pass over the data (s, log scale)")
     c, s_ = network.client.flops_per_s, network.server.flops_per_s
@@ -190,8 +216,4 @@ def plot_time_crossover(out="crossover_time.png", network: NetworkConfig | None 
     fig.suptitle(f"SplitNN (1 epoch) vs FedAvg (1 round, 1 local epoch) in time, analytic (analysis/time_model.py): "
                  f"{describe(network)}; {speed}", fontsize=11)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return fig

@@ -312,38 +312,58 @@ def _cell(v):
 
 def plot_sweep(table: pd.DataFrame, keys: list[str], out: Path, title: str = "") -> list[Path]:
     """Per swept field: final accuracy and client GB per client against its values, one line per setting of
-    the other fields. Failed trials are left out."""
+    the other fields (sweep_figure). Failed trials are left out."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = table[table["error"].isna()]
     written = []
     for key in keys:
-        values = list(dict.fromkeys(table[key]))          # grid order
-        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-        pos = {v: (v if numeric else i) for i, v in enumerate(values)}
-        others = [k for k in keys if k != key]
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for setting, group in (ok.groupby(others, sort=False) if others else [((), ok)]):
-            setting = setting if isinstance(setting, tuple) else (setting,)
-            label = ", ".join(f"{k}={v}" for k, v in zip(others, setting)) or None
-            xs = [pos[v] for v in group[key]]
-            for ax, col in zip(axes, ("final_test_acc", "client_gb_per_client")):
-                ax.plot(xs, group[col], "o-", label=label)
-        for ax, col in zip(axes, ("final test accuracy", "client GB per client")):
-            ax.set_xlabel(key)
-            ax.set_ylabel(col)
-            ax.grid(True, alpha=0.3)
-            if not numeric:
-                ax.set_xticks(range(len(values)), [str(v) for v in values])
-        if others:
-            axes[0].legend(fontsize=8)
-        fig.suptitle(f"{title}: sweep over {key}")
-        fig.tight_layout()
+        fig = sweep_figure(table, key, keys, title)
         path = out / f"sweep_{re.sub(r'[^A-Za-z0-9_.]+', '_', key)}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
     return written
+
+
+def sweep_figure(table: pd.DataFrame, key: str, keys: list[str], title: str = ""):
+    """One swept field's figure: final test accuracy (%, as every other figure) and client GB per client against
+    its values, ticks at the values swept (never between two numbers of clients), a log axis where they span
+    more than a decade and a half."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker as ticker
+
+    ok = table[table["error"].isna()]
+    values = list(dict.fromkeys(table[key]))          # grid order
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    pos = {v: (v if numeric else i) for i, v in enumerate(values)}
+    others = [k for k in keys if k != key]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for setting, group in (ok.groupby(others, sort=False) if others else [((), ok)]):
+        setting = setting if isinstance(setting, tuple) else (setting,)
+        label = ", ".join(f"{k}={v}" for k, v in zip(others, setting)) or None
+        xs = [pos[v] for v in group[key]]
+        for ax, col, scale in zip(axes, ("final_test_acc", "client_gb_per_client"), (100, 1)):
+            ax.plot(xs, group[col] * scale, "o-", label=label)
+    logx = numeric and min(values) > 0 and max(values) / min(values) >= 30
+    for ax, col in zip(axes, ("final test accuracy (%)", "client GB per client")):
+        ax.set_xlabel(key)
+        ax.set_ylabel(col)
+        ax.grid(True, alpha=0.3)
+        if logx:
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_locator(ticker.NullLocator())
+        if numeric:
+            ax.set_xticks(sorted(values), [f"{v:g}" for v in sorted(values)])
+        else:
+            ax.set_xticks(range(len(values)), [str(v) for v in values])
+    if others:
+        axes[0].legend(fontsize=8)
+    fig.suptitle(f"{title}: sweep over {key}")
+    fig.tight_layout()
+    return fig
