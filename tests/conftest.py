@@ -1,5 +1,8 @@
+import atexit
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -61,21 +64,28 @@ def small_config(*sets: str):
 
 
 _SHARED_RUNS: dict = {}
+_SHARED_DIR: list[Path] = []
 
 
 def shared_run(*sets: str, capture_ledger: bool = False):
-    """``run(small_config(*sets), write=False)``, once per test session: returns ``(plan, result)``, the same
-    objects to every test that asks for the same settings. For tests that only read a run (its metrics,
-    ledger, FLOPs, ledger entries, trained model) and would otherwise repeat it: a config's results do not
-    depend on when or beside what it runs (the same config and seed give bitwise the same results:
-    test_determinism.py, test_recovery.py), so a repeat adds start-up time and nothing checked. Callers
-    must not modify what it returns. Needs the ``ray_session`` fixture."""
+    """``run(small_config(*sets))``, once per test session: returns ``(plan, result)``, the same objects to every
+    test that asks for the same settings (the same ``sets``, in the same order). For tests that only read a run
+    (its metrics, ledger, FLOPs, ledger entries, trained model, or its results directory, ``result.out_dir``,
+    written under a temporary directory of the session) and would otherwise repeat it: a config's results do
+    not depend on when or beside what it runs (the same config and seed give bitwise the same results:
+    test_determinism.py, test_recovery.py), so a repeat adds start-up time (a party host is a process of its
+    own: ~5 s of CPU to start) and nothing checked. Callers must not modify what it returns. Needs the
+    ``ray_session`` fixture."""
     from raysplit.experiment import prepare, run
 
     key = (sets, capture_ledger)
     if key not in _SHARED_RUNS:
+        if not _SHARED_DIR:
+            _SHARED_DIR.append(Path(tempfile.mkdtemp(prefix="raysplit-shared-runs-")))
+            atexit.register(shutil.rmtree, _SHARED_DIR[0], True)
         plan = prepare(small_config(*sets))
-        _SHARED_RUNS[key] = plan, run(plan.cfg, progress=False, write=False, capture_ledger=capture_ledger, plan=plan)
+        _SHARED_RUNS[key] = plan, run(plan.cfg, out_dir=_SHARED_DIR[0] / f"run{len(_SHARED_RUNS)}", progress=False,
+                                      capture_ledger=capture_ledger, plan=plan)
     return _SHARED_RUNS[key]
 
 

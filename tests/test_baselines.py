@@ -4,9 +4,10 @@ import copy
 import math
 
 import numpy as np
+import pytest
 import torch
 
-from conftest import max_param_diff, small_config, train_with
+from conftest import max_param_diff, shared_run, small_config, train_with
 from raysplit.accounting import count_flops, row_fingerprints
 from raysplit.algorithms import Centralized, FedAvg, LargeBatchSGD
 from raysplit.data import batches
@@ -71,14 +72,19 @@ def fedavg_replay(plan) -> ComposedNet:
     return net
 
 
+# several clients of unequal sizes on two workers, partial participation, two local epochs: the run (once for the
+# session, conftest.shared_run) that the replay below checks and test_same_metrics_with_one_and_two_workers
+# reruns on one worker
+FEDAVG = ("algorithm=fedavg", "data.num_clients=5", "data.partition=dirichlet", "data.alpha=0.5",
+          "training.participation=0.6", "training.local_epochs=2", "training.rounds=2", "runtime.workers=2")
+
+
 def test_fedavg_equals_its_one_process_replay(ray_session):
     """Several clients of unequal sizes on two workers, partial participation, two local epochs."""
-    plan = prepare(small_config("algorithm=fedavg", "data.num_clients=5", "data.partition=dirichlet",
-                                "data.alpha=0.5", "training.participation=0.6", "training.local_epochs=2",
-                                "training.rounds=2", "runtime.workers=2"))
+    plan, result = shared_run(*FEDAVG)
     assert len({len(i) for i in plan.client_indices}) > 1, "unequal clients, so the weighting matters"
     assert participants(plan.cfg, 0) != participants(plan.cfg, 1) and len(participants(plan.cfg, 0)) == 3
-    assert max_param_diff(train_with(FedAvg, plan), fedavg_replay(plan)) <= TOL
+    assert max_param_diff(result.model, fedavg_replay(plan)) <= TOL
 
 
 def test_fedavg_one_client_plain_sgd_equals_centralized_over_rounds(ray_session):
@@ -143,15 +149,20 @@ def large_batch_replay(plan) -> ComposedNet:
     return net
 
 
+# the run (once for the session) that the next test's replay checks and test_same_metrics_with_one_and_two_workers
+# reruns on one worker
+LARGE_BATCH = ("algorithm=large_batch_sgd", "data.num_clients=3", "training.batch_size=16", "training.optimizer=adam",
+               "training.lr=0.01", "runtime.workers=2")
+
+
 def test_large_batch_sgd_equals_centralized_batch_n_times_b(ray_session):
     """3 clients of batch 16 == one batch of 48: 96 samples, 32 a client, 2 full steps an epoch. Adam at the
     server; SGD with momentum meets the same replay in the next test."""
-    plan = prepare(small_config("algorithm=large_batch_sgd", "data.num_clients=3", "training.batch_size=16",
-                                "training.optimizer=adam", "training.lr=0.01", "runtime.workers=2"))
+    plan, result = shared_run(*LARGE_BATCH)
     assert {len(i) for i in plan.client_indices} == {32}
     reference = large_batch_replay(plan)
     assert max_param_diff(reference, initial(plan)) > 1e-3
-    assert max_param_diff(train_with(LargeBatchSGD, plan), reference) <= TOL
+    assert max_param_diff(result.model, reference) <= TOL
 
 
 def test_large_batch_sgd_partial_batches_weighted_by_samples(ray_session):
@@ -184,10 +195,13 @@ def test_large_batch_sgd_ledger_matches_closed_form(ray_session):
         assert up.loc[f"client/{k}", "dst"] == "server" and down.loc[f"client/{k}", "src"] == "server"
 
 
-def test_same_metrics_with_one_and_two_workers(ray_session):
-    """invariant 4, docs/architecture.md for the baselines: hosting does not change results."""
-    for algorithm in ("fedavg", "large_batch_sgd"):
-        dfs = [run(small_config(f"algorithm={algorithm}", f"runtime.workers={w}", "data.num_clients=4",
-                                "training.participation=0.75"), progress=False, write=False).metrics
-               .drop(columns=["wall_s", "wall_s_cum"]) for w in (1, 2)]
-        assert dfs[0].equals(dfs[1]), f"{algorithm}\n{dfs[0].T}\n{dfs[1].T}"
+@pytest.mark.parametrize("sets", [FEDAVG, LARGE_BATCH], ids=["fedavg", "large_batch_sgd"])
+def test_same_metrics_with_one_and_two_workers(ray_session, sets):
+    """invariant 4, docs/architecture.md for the baselines: hosting does not change results. Two workers: the
+    runs the replays above check (FedAvg: unequal clients, partial participation, two local epochs)."""
+    assert sets[-1] == "runtime.workers=2"
+    two = shared_run(*sets)[1].metrics
+    one = run(small_config(*sets[:-1], "runtime.workers=1"), progress=False, write=False).metrics
+    dfs = [m.drop(columns=["wall_s", "wall_s_cum"]) for m in (one, two)]
+    assert dfs[0].equals(dfs[1]), f"{sets[0]}\n{dfs[0].T}\n{dfs[1].T}"
+    assert dfs[0]["test_acc"].notna().all()

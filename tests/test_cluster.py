@@ -13,23 +13,25 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import small_config
+from conftest import shared_run, small_config
 from raysplit.errors import ConfigError
 from raysplit.experiment import run
+from test_splitfed import sampled_sets
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMON = ["schedule=parallel", "runtime.workers=2", "data.num_clients=4", "training.participation=0.75"]
+# SplitFed on two workers (three of five clients a round): test_splitfed.py's sampled runs, whose one-node run
+# (once for the session, conftest.shared_run) the cluster's metrics are compared with
 PLACEMENT = {
     # the server where the config says (node_a), the workers on the nodes declaring worker_slot
-    "pinned_v1": (["splitfed=v1"], ["runtime.server.resources={node_a: 1}", "runtime.worker.resources={worker_slot: 1}"]),
+    "pinned_v1": (sampled_sets("v1"), ["runtime.server.resources={node_a: 1}", "runtime.worker.resources={worker_slot: 1}"]),
     # three party hosts, three distinct nodes
-    "strict_spread_v2": (["splitfed=v2"], ["runtime.placement=STRICT_SPREAD"]),
+    "strict_spread_v2": (sampled_sets("v2"), ["runtime.placement=STRICT_SPREAD"]),
 }
 
 
 @pytest.fixture(scope="module")
 def cluster_runs():
-    spec = {"runs": {name: COMMON + algo + where for name, (algo, where) in PLACEMENT.items()}}
+    spec = {"runs": {name: [*sets, *where] for name, (sets, where) in PLACEMENT.items()}}
     p = subprocess.run([sys.executable, str(ROOT / "tests" / "multinode_cluster.py"), json.dumps(spec)],
                        capture_output=True, text=True, timeout=900, cwd=ROOT / "tests")
     lines = [line for line in p.stdout.splitlines() if line.startswith("RESULT ")]
@@ -54,9 +56,9 @@ def test_strict_spread_uses_a_node_per_party_host(cluster_runs):
 
 @pytest.mark.parametrize("name", sorted(PLACEMENT))
 def test_same_metrics_as_on_one_node(ray_session, cluster_runs, name):
-    algo, _ = PLACEMENT[name]
+    sets, _ = PLACEMENT[name]
     on_cluster = pd.DataFrame(cluster_runs["runs"][name]["metrics"])
-    one_node = run(small_config(*COMMON, *algo), progress=False, write=False).metrics.drop(columns=["wall_s", "wall_s_cum"])
+    one_node = shared_run(*sets, capture_ledger=True)[1].metrics.drop(columns=["wall_s", "wall_s_cum"])
     assert on_cluster["test_acc"].notna().all() and len(on_cluster) == 2
     pd.testing.assert_frame_equal(on_cluster, one_node, check_dtype=False, check_exact=True)
 

@@ -108,7 +108,7 @@ def test_label_dp_where_no_labels_cross_is_refused():
 
 
 def test_label_dp_in_a_run(ray_session):
-    plain = run(small_config(), progress=False, write=False)
+    plain = shared_run()[1]          # the tiny config's run for the session (test_recovery.py, test_plots.py read it)
     dp = run(small_config("privacy.label_epsilon=0.5"), progress=False, write=False)
     assert not plain.metrics["train_loss"].equals(dp.metrics["train_loss"])
     assert plain.ledger.equals(dp.ledger)                                   # the same bytes cross

@@ -47,31 +47,40 @@ def train_split(plan) -> ComposedNet:
     return train_with(SplitNN, plan)
 
 
+def sequential_sets(handoff: str) -> tuple[str, ...]:
+    """Three clients in a shuffled order on two workers (consecutive clients live on different actors, so the
+    hand-off of weights and optimizer state is what carries training on), Adam, a partial last batch (32 samples a
+    client, batches of 12). One run per hand-off for the session (conftest.shared_run): the oracle below checks
+    its parameters, test_cost_agreement.py its ledger and meter against the cost model."""
+    return (f"handoff={handoff}", "training.optimizer=adam", "training.lr=0.01", "training.client_order=shuffled",
+            "runtime.workers=2", "training.batch_size=12")
+
+
 # Adam: besides the weights, a hand-off carries its state, a step count and two moment buffers per parameter;
 # SGD's momentum (one buffer) is handed on by the same code and keeps this oracle for each hand-off in
 # test_local_epochs_and_more_clients_than_workers (peer, across two workers) and
 # test_chain_topologies_equal_unsplit_network[vanilla] (through the server).
 @pytest.mark.parametrize("handoff", ["peer", "server"])
 def test_vanilla_sequential_equals_centralized(ray_session, handoff):
-    plan = prepare(small_config(f"handoff={handoff}", "training.optimizer=adam",
-                                "training.lr=0.01", "training.client_order=shuffled",
-                                # two workers: consecutive clients live on different actors, so the
-                                # hand-off of weights and optimizer state is what carries training on
-                                "runtime.workers=2"))
+    plan, result = shared_run(*sequential_sets(handoff))
     initial = ComposedNet(plan.topology, copy.deepcopy(plan.modules))
-    split = train_split(plan)
+    split = result.model
     reference = centralized_replay(plan)
     assert max_param_diff(reference, initial) > 1e-3, "training must move the parameters"
     assert max_param_diff(split, reference) <= TOL
 
 
-def chain_run(topology: str):
-    """One round of a chain topology, the client-side weights handed on through the server; its ledger entries
-    kept. One run per topology for the session: test_privacy.py checks its ledger, the test below its
-    parameters."""
+def chain_sets(topology: str) -> tuple[str, ...]:
+    """One round of a chain topology, the client-side weights handed on through the server."""
     cuts = "[" + ",".join(CHAINS[topology]) + "]"
-    return shared_run(f"topology={topology}", f"model.cut_layers={cuts}", "handoff=server", "training.rounds=1",
-                      capture_ledger=True)
+    return f"topology={topology}", f"model.cut_layers={cuts}", "handoff=server", "training.rounds=1"
+
+
+def chain_run(topology: str):
+    """``chain_sets``' run, its ledger entries kept. One run per topology for the session: test_privacy.py checks
+    its ledger, the test below its parameters, test_inference.py infers with it (u_shaped) and test_link.py
+    compares it with the same run over Ray calls (multi_hop)."""
+    return shared_run(*chain_sets(topology), capture_ledger=True)
 
 
 @pytest.mark.parametrize("topology", sorted(CHAINS))

@@ -4,24 +4,30 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import small_config
+from conftest import shared_run
 from raysplit.errors import ConfigError
-from raysplit.experiment import load_model, run
+from raysplit.experiment import load_model
 from raysplit.inference import infer
+from test_equivalence import chain_run
+from test_topologies import VERTICAL_CASES, vertical_run
 
-CASES = {"vanilla": [], "u_shaped": ["topology=u_shaped", "model.cut_layers=[pool1,relu3]"],
-         "vertical": ["topology=vertical", "data.num_clients=1", "vertical.holders=[{rows: [0, 4]}, {rows: [4, 8]}]",
-                      "vertical.label_holder=holder0"]}
+# one round of each, trained once for the session (conftest.shared_run: its results directory is what infer
+# reads) by the tests that check its training: test_accounting.py and test_plugins.py (vanilla), the chain
+# oracle of test_equivalence.py (u_shaped), and the vertical oracle and ledger tests of test_topologies.py
+# (vertical: two holders of image halves, their activations summed, the labels at holder0)
+CASES = {"vanilla": lambda: shared_run("training.rounds=1"), "u_shaped": lambda: chain_run("u_shaped"),
+         "vertical": lambda: vertical_run(*VERTICAL_CASES["image-sum-holder-labels"])}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_split_inference_equals_the_composed_network(ray_session, tmp_path, case):
-    trained = run(small_config(*CASES[case], "training.rounds=1"), out_dir=tmp_path / "run", progress=False)
-    result = infer(trained.out_dir, batch_size=7)
+    plan, trained = CASES[case]()
+    assert plan.cfg.training.rounds == 1 and (case == "vertical") == (plan.cfg.vertical.label_holder == "holder0")
+    result = infer(trained.out_dir, batch_size=7, out_dir=tmp_path / "inference")   # (the shared run's directory: read only)
     assert result.summary["accuracy"] == trained.metrics["test_acc"].iloc[-1]        # the run's test accuracy, exactly
     net = load_model(trained.out_dir).eval()
     from raysplit.data import load_dataset
-    ds = load_dataset(small_config(*CASES[case]).data, 7)
+    ds = load_dataset(plan.cfg.data, plan.cfg.seed)
     with torch.no_grad():
         expected = net(torch.from_numpy(ds.test_x))["y"].argmax(1).numpy()
     assert np.array_equal(result.predictions["prediction"].to_numpy(), expected)

@@ -8,10 +8,13 @@ import pytest
 import ray
 import torch
 
-from conftest import small_config
+from conftest import shared_run, small_config
 from raysplit import link
 from raysplit.algorithms.splitnn import SplitNN
 from raysplit.experiment import run
+from test_equivalence import chain_sets
+from test_splitfed import adam_sets
+from test_topologies import VERTICAL, VERTICAL_CASES
 
 
 @ray.remote(num_cpus=0)
@@ -70,21 +73,29 @@ def test_a_peer_that_dies_mid_call_is_a_broken_link(ray_session):
     link.close_links(links, quiet=True)
 
 
-SPLITFED = ["schedule=parallel", "topology=u_shaped", "model.cut_layers=[pool1, relu3]", "data.num_clients=5",
-            "data.partition=dirichlet", "data.alpha=0.5", "runtime.workers=2", "training.optimizer=adam", "training.lr=0.01"]
+# each config's run over links (the default transport) is a run other tests read, once for the session
+# (conftest.shared_run); here it meets the same config run over Ray calls
+TRANSPORT_CASES = {
+    # two peers computing at once: test_topologies.py's image-concat run (two holders of image halves)
+    "vertical": ((*VERTICAL, *VERTICAL_CASES["image-concat"]), True),
+    # a hop's output sent on to the server: test_equivalence.py's (and test_privacy.py's) multi_hop run
+    "multi_hop": (chain_sets("multi_hop"), True),
+    # the server serving two workers' links at once (u_shaped, five clients of unequal sizes, Adam):
+    # test_splitfed.py's runs for its by-hand oracle
+    "splitfed_v1": (adam_sets("v1"), False),
+    "splitfed_v2": (adam_sets("v2"), False),
+}
 
 
-@pytest.mark.parametrize("sets", [["topology=vertical", "data.num_clients=1",
-                                   "vertical.holders=[{rows: [0, 4]}, {rows: [4, 8]}]"],
-                                  ["topology=multi_hop", "model.cut_layers=[pool1, pool2, relu3]", "handoff=server"],
-                                  [*SPLITFED, "splitfed=v1"], [*SPLITFED, "splitfed=v2"]],
-                         ids=["vertical", "multi_hop", "splitfed_v1", "splitfed_v2"])
-def test_link_and_ray_transports_compute_and_record_the_same(ray_session, sets):
+@pytest.mark.parametrize("case", list(TRANSPORT_CASES))
+def test_link_and_ray_transports_compute_and_record_the_same(ray_session, case):
     """Vertical: two peers computing at once; multi-hop: a hop's output sent on to the server; SplitFed: the
     server serves two workers' links at once (v1: a streaming call per worker, each client's copies averaged
     as it finishes; v2: the turnstile orders the steps of both)."""
-    by_ray = run(small_config(*sets, "training.rounds=1", "runtime.step_transport=ray"), progress=False, write=False)
-    by_link = run(small_config(*sets, "training.rounds=1", "runtime.step_transport=link"), progress=False, write=False)
+    sets, capture = TRANSPORT_CASES[case]
+    plan, by_link = shared_run(*sets, capture_ledger=capture)
+    assert plan.cfg.runtime.step_transport == "link" and plan.cfg.training.rounds == 1
+    by_ray = run(small_config(*sets, "runtime.step_transport=ray"), progress=False, write=False)
     drop = [c for c in by_ray.metrics.columns if c.startswith("wall_s")]
     assert by_link.metrics.drop(columns=drop).equals(by_ray.metrics.drop(columns=drop))
     assert by_link.ledger.equals(by_ray.ledger)

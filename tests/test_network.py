@@ -100,21 +100,21 @@ def test_bad_network_settings_name_the_field(sets, pattern):
         cfg_with(*sets)
 
 
-def test_real_run_sim_columns_are_recomputed_from_its_results_directory(ray_session, tmp_path):
+def test_real_run_sim_columns_are_recomputed_from_its_results_directory(ray_session):
     """One tiny FedAvg run: metrics.csv's sim_* columns == simulate(results_dir) == the analytic closed form
-    (analysis/time_model.py); re-priced on a faster network, less transfer time and the same compute."""
+    (analysis/time_model.py); re-priced on a faster network, less transfer time and the same compute. (The
+    run is test_recovery.py's uninterrupted FedAvg run, once for the session: this test only reads it.)"""
     from analysis.time_model import fedavg_time
-    from conftest import small_config
-    from raysplit.experiment import run
+    from conftest import shared_run
 
-    result = run(small_config("algorithm=fedavg", "training.rounds=2"), out_dir=tmp_path / "run", progress=False)
+    result = shared_run("algorithm=fedavg", "training.rounds=3")[1]
     written = config.load(result.out_dir / "config.yaml").network
     assert written.client.flops_per_s and written.server.flops_per_s      # the measured speed, kept
     m = pd.read_csv(result.out_dir / "metrics.csv")
     again = simulate(result.out_dir)
     for col in ("sim_time_s", "sim_comm_s", "sim_compute_s", "sim_time_s_cum"):
         assert list(again[col]) == pytest.approx(list(m[col]), rel=1e-12)
-    model = fedavg_time("fmnist_cnn", [1, 8, 8], 4, samples_per_client=32, num_clients=3, rounds=2, batch_size=16,
+    model = fedavg_time("fmnist_cnn", [1, 8, 8], 4, samples_per_client=32, num_clients=3, rounds=3, batch_size=16,
                         network=written)
     assert m["sim_comm_s"].sum() == pytest.approx(model.comm_s, rel=1e-9)
     assert m["sim_compute_s"].sum() == pytest.approx(model.compute_s, rel=1e-9)

@@ -2,12 +2,15 @@
 the party that ran them, and the equivalence oracle with an extra client loss."""
 import copy
 import math
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
 from conftest import max_param_diff, shared_run, small_config, train_with
+from raysplit import config
 from raysplit.accounting import Ledger, payload_nbytes, receive
 from raysplit.algorithms import SplitNN
 from raysplit.compression import CODECS, Compression
@@ -71,14 +74,48 @@ def test_identity_codec_gives_bitwise_the_same_parameters(ray_session):
     assert max_param_diff(plain, ident) == 0.0
 
 
-def test_compressed_run_ledger_bytes_equal_encoded_sizes_by_hand(ray_session):
-    cfg = small_config("training.rounds=1", "compression.activation=int8", "compression.gradient=topk",
-                       "compression.topk_ratio=0.05")
-    plan = prepare(cfg)
-    result = run(cfg, progress=False, write=False)
+# `raysplit codecs` on the tiny config, three rounds (test_codecs_command_compares_the_codec_settings): five runs,
+# one per codec setting, written once for this module; the tests of what compression does in a run read them
+CODEC_SETS = ["seed=7", "data.dataset=synthetic", "data.synthetic_samples=96", "data.num_clients=3",
+          "data.synthetic_shape=[1,8,8]", "data.synthetic_classes=4", "model.cut_layers=[pool1]", "training.rounds=3",
+          "training.batch_size=16", "training.lr=0.05", "training.momentum=0.9", "runtime.workers=1",
+          "runtime.worker.num_cpus=0.5", "runtime.server.num_cpus=0.5", "compression.topk_ratio=0.05"]
+
+
+@pytest.fixture(scope="module")
+def codec_runs(ray_session, tmp_path_factory):
+    from analysis import codecs
+    from test_cli import ROOT
+
+    out = tmp_path_factory.mktemp("codecs") / "codecs"
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(ROOT)
+        assert codecs.main(["experiments/compression_fmnist.yaml", *[a for s in CODEC_SETS for a in ("--set", s)],
+                            "--out", str(out), "--quiet"]) == 0
+    return out, pd.read_csv(out / "codecs.csv")
+
+
+def codec_run(codec_runs, variant: str, *sets: str) -> Path:
+    """The results directory of the codecs command's ``variant``, checked to be ``small_config(*sets)``'s run
+    (the same config but for its name and the machine's measured speeds)."""
+    table = codec_runs[1].set_index("variant")
+    run_dir = Path(table.loc[variant, "run"])
+
+    def comparable(cfg):
+        return {k: v for k, v in config.to_dict(cfg).items() if k not in ("name", "network")}
+    assert comparable(config.load(run_dir / "config.yaml")) == comparable(small_config(*sets))
+    return run_dir
+
+
+def test_compressed_run_ledger_bytes_equal_encoded_sizes_by_hand(ray_session, codec_runs):
+    sets = ("training.rounds=3", "compression.activation=int8", "compression.gradient=topk", "compression.topk_ratio=0.05")
+    run_dir = codec_run(codec_runs, "int8 + top-k gradients", *sets)
+    plan = prepare(small_config(*sets))
+    cfg = plan.cfg
+    ledger = pd.read_csv(run_dir / "ledger.csv")
     per_sample = plan.modules["s0"](torch.zeros(1, 1, 8, 8)).numel()      # activation values per sample at the cut
     sizes = [len(b) for idx in plan.client_indices for b in batches(idx, cfg.training.batch_size, cfg.seed, 0, 0)]
-    led = result.ledger.groupby("kind")[["bytes", "raw_bytes", "messages"]].sum()
+    led = ledger[ledger["round"] == 1].groupby("kind")[["bytes", "raw_bytes", "messages"]].sum()   # round 1's
     assert led.loc["activation", "messages"] == len(sizes)
     assert led.loc["activation", "bytes"] == sum(b * per_sample + 4 for b in sizes)          # int8 + scale
     assert led.loc["gradient", "bytes"] == sum(8 * math.ceil(0.05 * b * per_sample) for b in sizes)  # values + int32 indices
@@ -87,9 +124,12 @@ def test_compressed_run_ledger_bytes_equal_encoded_sizes_by_hand(ray_session):
 
 
 @pytest.mark.parametrize("codec", ["float16", "int8"])
-def test_compressed_training_learns(ray_session, codec):
-    cfg = small_config("training.rounds=3", f"compression.activation={codec}", f"compression.gradient={codec}")
-    m = run(cfg, progress=False, write=False).metrics
+def test_compressed_training_learns(ray_session, codec_runs, codec):
+    # (the top-k ratio: the codecs command's setting for its top-k variants, which these codecs do not read)
+    run_dir = codec_run(codec_runs, codec, "training.rounds=3", f"compression.activation={codec}",
+                        f"compression.gradient={codec}", "compression.topk_ratio=0.05")
+    m = pd.read_csv(run_dir / "metrics.csv")
+    assert list(m["round"]) == [1, 2, 3]
     assert m["train_loss"].iloc[-1] < 0.5 * m["train_loss"].iloc[0]
     assert m["test_acc"].iloc[-1] > 0.6                # 4 classes: chance is 0.25
 
@@ -128,26 +168,36 @@ def test_plugin_flops_are_metered_to_the_party_that_ran_them(ray_session):
     assert f1["server", "forward"] == f0["server", "forward"] and f1["server", "backward"] == f0["server", "backward"]
 
 
-def test_extra_client_loss_keeps_the_equivalence_oracle(ray_session):
-    """Split training with a client-side extra loss equals the unsplit network trained on task loss + the same
-    extra loss on (input, cut activation), on the same batches in the same order."""
-    plan = prepare(small_config("plugins=[{name: test_projection_penalty, alpha: 0.5}]", "runtime.workers=2",
-                                "training.client_order=shuffled"))
-    cfg, penalty = plan.cfg, ProjectionPenalty(alpha=0.5)
+def replay_with_penalty(plan, penalty: ProjectionPenalty | None) -> ComposedNet:
+    """The unsplit network trained in this process on the task loss (+ ``penalty`` on (input, cut activation)),
+    on the batches the clients see, in the same order."""
+    cfg = plan.cfg
     net = ComposedNet(plan.topology, copy.deepcopy(plan.modules))
-    initial = copy.deepcopy(net)
     opt = make_optimizer(net.parameters(), cfg.training)
     for r in range(cfg.training.rounds):
         for k in client_order(cfg, r):
             for idx in batches(plan.client_indices[k], cfg.training.batch_size, cfg.seed, r, k):
                 x, y = torch.from_numpy(plan.dataset.train_x[idx]), torch.from_numpy(plan.dataset.train_y[idx])
                 z = net.segs["s0"](x)
-                loss = nn.functional.cross_entropy(net.segs["s1"](z), y) + penalty.client_loss(x, z)
+                loss = nn.functional.cross_entropy(net.segs["s1"](z), y)
+                if penalty is not None:
+                    loss = loss + penalty.client_loss(x, z)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+    return net
+
+
+def test_extra_client_loss_keeps_the_equivalence_oracle(ray_session):
+    """Split training with a client-side extra loss equals the unsplit network trained on task loss + the same
+    extra loss on (input, cut activation), on the same batches in the same order; and differs from the same
+    replay without the extra loss (what split training without the plug-in equals: the oracle above and
+    test_equivalence.py), so the extra loss changes training."""
+    plan = prepare(small_config("plugins=[{name: test_projection_penalty, alpha: 0.5}]", "runtime.workers=2",
+                                "training.client_order=shuffled"))
+    initial = ComposedNet(plan.topology, copy.deepcopy(plan.modules))
+    net, without = replay_with_penalty(plan, ProjectionPenalty(alpha=0.5)), replay_with_penalty(plan, None)
     split = train_with(SplitNN, plan)
-    without = train_with(SplitNN, prepare(small_config("runtime.workers=2", "training.client_order=shuffled")))
     assert max_param_diff(split, without) > 1e-4, "the extra loss must change training"
     assert max_param_diff(net, initial) > 1e-3
     assert max_param_diff(split, net) <= TOL
@@ -190,16 +240,8 @@ def test_bad_plugin_options_are_one_line_errors():
         small_config("plugins=[{name: nopeek2}]")
 
 
-def test_codecs_command_compares_the_codec_settings(ray_session, tmp_path, monkeypatch):
-    from analysis import codecs
-    from test_cli import ROOT, SMALL
-
-    monkeypatch.chdir(ROOT)
-    out = tmp_path / "codecs"
-    assert codecs.main(["experiments/compression_fmnist.yaml", *SMALL, "--set", "training.rounds=1", "--out", str(out),
-                        "--quiet"]) == 0
-    import pandas as pd
-    table = pd.read_csv(out / "codecs.csv")
+def test_codecs_command_compares_the_codec_settings(codec_runs):
+    out, table = codec_runs
     assert table["variant"].tolist() == ["none", "float16", "int8", "int8 + top-k gradients", "top-k"]
     gb = dict(zip(table["variant"], table["client_gb_per_client"]))
     assert gb["top-k"] < gb["int8"] < gb["float16"] < gb["none"]

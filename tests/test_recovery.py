@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import small_config
+from conftest import shared_run, small_config
 from raysplit.errors import PartyLost
 from raysplit.experiment import load_model, run
 
@@ -32,7 +32,6 @@ def same_results(a, b) -> None:
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-REFERENCES: dict = {}
 SCENARIOS = {
     "splitnn-worker": ([], "worker0"),
     "splitnn-server": ([], "server"),
@@ -45,10 +44,9 @@ SCENARIOS = {
 def test_a_party_host_killed_mid_round_is_recovered_bitwise(ray_session, tmp_path, scenario, caplog):
     sets, target = SCENARIOS[scenario]
     base = [*sets, "training.rounds=3"]
-    key = tuple(base)
-    if key not in REFERENCES:                  # scenarios of one config share its uninterrupted run
-        REFERENCES[key] = run(small_config(*base), progress=False, write=False)
-    reference = REFERENCES[key]
+    # the uninterrupted run, once per config for the session: scenarios of one config share it (and
+    # test_network.py reads FedAvg's results directory)
+    reference = shared_run(*base)[1]
     killer = f"plugins=[{{name: '{PLUGINS}KillHostAt', target: {target}, marker: '{tmp_path / 'killed'}'}}]"
     recovered = run(small_config(*base, killer), progress=False, write=False)
     assert (tmp_path / "killed").exists(), "the host must have been killed"
@@ -88,8 +86,9 @@ def test_results_are_written_each_round_and_the_model_is_saved(ray_session, tmp_
     assert m["round"].tolist() == [1] and m["test_acc"].notna().all()
     assert pd.read_csv(partial / "ledger.csv")["round"].unique().tolist() == [1]
     assert sorted(p.name for p in (partial / "checkpoints").iterdir()) == ["round-1"]
-    # a finished run: the trained network, loadable with torch, equals the one evaluated
-    result = run(small_config(), out_dir=tmp_path / "ok", progress=False)
+    # a finished run: the trained network, loadable with torch, equals the one evaluated (the tiny config's run for
+    # the session, written under its own directory: test_plots.py and test_defences.py read it too)
+    result = shared_run()[1]
     net = load_model(result.out_dir)
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), result.model.state_dict().values()))
     seg = torch.load(result.out_dir / "model" / "s0.pt", weights_only=True)
@@ -125,7 +124,9 @@ SMALL = ["--set", "data.dataset=synthetic", "--set", "data.synthetic_samples=96"
          "--quiet"]
 
 
-def test_driver_killed_then_resumed_equals_an_uninterrupted_run(ray_session, tmp_path, monkeypatch):
+def test_driver_killed_then_resumed_equals_an_uninterrupted_run(ray_session, tmp_path, monkeypatch, raysplit_here):
+    # the driver killed: a process of its own (with the Ray it started); the resume, `raysplit run --resume`, and
+    # the uninterrupted run: in this process, on the session's Ray (what resuming reads is the partial directory)
     marker = tmp_path / "killed"
     plugin = ["--set", f"plugins=[{{name: '{PLUGINS}SignalDriverAt', at_round: 1, signum: 9, marker: '{marker}'}}]"]
     killed = _cli("run", "experiments/vanilla_fmnist.yaml", *SMALL, *plugin, "--out", str(tmp_path / "a"))
@@ -135,10 +136,10 @@ def test_driver_killed_then_resumed_equals_an_uninterrupted_run(ray_session, tmp
         os.kill(pid, signal.SIGKILL)
     partial = tmp_path / ".a.partial"
     assert (partial / "checkpoints" / "round-1").is_dir()
-    resumed = _cli("run", "--resume", str(partial), "--quiet")
-    _, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
-    from raysplit.cli import main                 # the uninterrupted run: in this process, on the session's Ray
+    resumed = raysplit_here("run", "--resume", str(partial), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert not partial.exists()
+    from raysplit.cli import main                 # the uninterrupted run
     monkeypatch.chdir(ROOT)
     monkeypatch.syspath_prepend(str(HERE))
     assert main(["run", "experiments/vanilla_fmnist.yaml", *SMALL, *plugin, "--out", str(tmp_path / "b")]) == 0

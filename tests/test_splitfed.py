@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import max_param_diff, small_config, train_with
+from conftest import max_param_diff, shared_run, small_config
 from raysplit.accounting import payload_nbytes
 from raysplit.algorithms import SplitFed
 from raysplit.config import from_dict
@@ -93,10 +93,6 @@ def sflv2_by_hand(plan) -> ComposedNet:
     return glob
 
 
-def train(plan) -> ComposedNet:
-    return train_with(SplitFed, plan)
-
-
 def train_logged(plan) -> tuple[ComposedNet, list]:
     """``train``, with the run's ledger entries."""
     algo, entries = SplitFed(plan, capture_ledger=True, progress=False), []
@@ -123,19 +119,26 @@ def assert_weights_only_via(entries, point: str) -> None:
 BY_HAND = {"v1": sflv1_by_hand, "v2": sflv2_by_hand}
 
 
-# Adam (v2: one server optimizer whose state every participant's steps advance); both versions with SGD and
-# momentum meet the same by-hand computations in test_sampled_participants_over_rounds_and_local_epochs and
-# test_other_topologies.
+def adam_sets(version: str) -> tuple[str, ...]:
+    """Adam (v2: one server optimizer whose state every participant's steps advance) on u_shaped (the server's
+    segment gets a forward and a backward call per step), five clients of unequal sizes on two workers, one
+    round. One run per version for the session (conftest.shared_run): the test below checks its parameters,
+    test_link.py compares it (over links, the default) with the same run over Ray calls."""
+    return ("schedule=parallel", "topology=u_shaped", "model.cut_layers=[pool1, relu3]", "data.num_clients=5",
+            "data.partition=dirichlet", "data.alpha=0.5", "runtime.workers=2", "training.optimizer=adam",
+            "training.lr=0.01", f"splitfed={version}", "training.rounds=1")
+
+
+# both versions with SGD and momentum meet the same by-hand computations in
+# test_sampled_participants_over_rounds_and_local_epochs and test_other_topologies.
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_splitfed_equals_the_computation_by_hand(ray_session, version):
-    plan = prepare(small_config("schedule=parallel", f"splitfed={version}", "training.optimizer=adam",
-                                "training.lr=0.01", "data.num_clients=4", "data.partition=dirichlet",
-                                "data.alpha=0.5", "runtime.workers=2", "training.rounds=1"))
-    assert plan.cfg.algorithm == "splitfed"
+    plan, result = shared_run(*adam_sets(version))
+    assert plan.cfg.algorithm == "splitfed" and plan.cfg.training.optimizer == "adam"
     sizes = {len(i) for i in plan.client_indices}
     assert len(sizes) > 1, "unequal clients: the average must be weighted by sample count"
     initial = ComposedNet(plan.topology, copy.deepcopy(plan.modules))
-    split, reference = train(plan), BY_HAND[version](plan)
+    split, reference = result.model, BY_HAND[version](plan)
     assert max_param_diff(reference, initial) > 1e-3, "training must move the parameters"
     assert max_param_diff(split, reference) <= TOL
 
@@ -146,14 +149,22 @@ def test_v1_and_v2_differ_and_orders_matter(ray_session):
     assert max_param_diff(sflv1_by_hand(plan), sflv2_by_hand(plan)) > 1e-3
 
 
+def sampled_sets(version: str, workers: int = 2) -> tuple[str, ...]:
+    """Three of five clients of unequal sizes drawn each round, in the draw's order, two local epochs, two
+    rounds. The two-worker run, once per version for the session (its ledger entries kept): the by-hand
+    oracle below, the one-vs-two-workers test further down and test_cluster.py's placement runs read it."""
+    return ("schedule=parallel", f"splitfed={version}", "data.num_clients=5", "data.partition=dirichlet",
+            "data.alpha=0.3", "training.clients_per_round=3", "training.client_order=shuffled",
+            "training.local_epochs=2", "training.rounds=2", f"runtime.workers={workers}")
+
+
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_sampled_participants_over_rounds_and_local_epochs(ray_session, version):
-    plan = prepare(small_config("schedule=parallel", f"splitfed={version}", "data.num_clients=5",
-                                "training.clients_per_round=3", "training.client_order=shuffled",
-                                "training.local_epochs=2", "training.rounds=2", "runtime.workers=2"))
+    plan, result = shared_run(*sampled_sets(version), capture_ledger=True)
     drawn = [participants(plan.cfg, r) for r in range(2)]
     assert all(len(d) == 3 for d in drawn) and drawn[0] != drawn[1]
-    assert max_param_diff(train(plan), BY_HAND[version](plan)) <= TOL
+    assert len({len(i) for i in plan.client_indices}) > 1, "unequal clients: the average is weighted"
+    assert max_param_diff(result.model, BY_HAND[version](plan)) <= TOL
 
 
 @pytest.mark.parametrize("version,cuts,point", [("v1", "[pool1,relu3]", "fed_server"), ("v2", "[pool1,relu3]", "fed_server"),
@@ -172,25 +183,20 @@ def test_other_topologies(ray_session, version, cuts, point):
     assert_weights_only_via(entries, point)
 
 
-def metrics(version: str, workers: int):
-    cfg = small_config("schedule=parallel", f"splitfed={version}", f"runtime.workers={workers}",
-                       "data.num_clients=5", "data.partition=dirichlet", "data.alpha=0.3",
-                       "training.participation=0.8")
-    result = run(cfg, progress=False, write=False, capture_ledger=True)
-    return result.metrics.drop(columns=list(TIMING)), result.entries
-
-
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_same_metrics_with_one_and_two_workers_and_weights_in_the_ledger(ray_session, version):
-    (one, entries), (two, _) = metrics(version, 1), metrics(version, 2)
+    # two workers: the sampled oracle's run (above); one worker: the same config on one worker host
+    plan, two = shared_run(*sampled_sets(version), capture_ledger=True)
+    result = run(small_config(*sampled_sets(version, workers=1)), progress=False, write=False, capture_ledger=True)
+    one, entries = result.metrics.drop(columns=list(TIMING)), result.entries
+    two = two.metrics.drop(columns=list(TIMING))
     assert one.equals(two), f"\n{one.T}\n{two.T}"
     assert one["test_acc"].notna().all() and (one["algorithm"] == "splitfed").all()
-    plan = prepare(small_config("data.num_clients=5", "data.partition=dirichlet", "data.alpha=0.3"))
     client_bytes = payload_nbytes({n: m.state_dict() for n, m in plan.modules.items()
                                    if plan.topology.segment(n).owner == CLIENT})
     for r in range(2):
-        k_r = participants(from_dict({"data": {"num_clients": 5}, "seed": 7, "training": {"participation": 0.8}}), r)
-        assert len(k_r) == 4
+        k_r = participants(from_dict({"data": {"num_clients": 5}, "seed": 7, "training": {"clients_per_round": 3}}), r)
+        assert len(k_r) == 3
         down = sorted(e.dst for e in entries if e.round == r and e.kind == "weights" and e.src == "fed_server")
         up = sorted(e.src for e in entries if e.round == r and e.kind == "weights" and e.dst == "fed_server")
         assert down == up == sorted(f"client/{k}" for k in k_r)
@@ -220,7 +226,7 @@ def test_participation_sampling_is_seeded():
     (["splitfed=v3"], r"splitfed: 'v3' .*one of v1, v2"),
     (["training.averaging_point=client"], r"training.averaging_point: 'client' .*one of fed_server, server"),
     (["topology=extended", "parties=[client,fed_server,server]"], r"training.averaging_point: 'fed_server' .*named fed_server"),
-    (["schedule=async"], r"schedule: 'async' .*one of sequential, parallel"),
+    (["schedule=batched"], r"schedule: 'batched' .*one of sequential, parallel, async"),
 ])
 def test_bad_parallel_config(sets, pattern):
     with pytest.raises(ConfigError, match=pattern):
