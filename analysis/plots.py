@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -162,6 +163,11 @@ def _style(row, all_clients: list[int]) -> dict:
                 label=row.label)
 
 
+def wrapped(title: str, width: int = 72) -> str:
+    """A title's lines wrapped to fit a figure's width (a network's description is long)."""
+    return "\n".join(textwrap.fill(line, width) for line in title.split("\n"))
+
+
 def accuracy_curve(df: pd.DataFrame, x: str, xlabel: str, title: str, logx: bool = False) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     clients = sorted(df["num_clients"].unique())
@@ -175,7 +181,7 @@ def accuracy_curve(df: pd.DataFrame, x: str, xlabel: str, title: str, logx: bool
         log_ticks(ax.xaxis)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title)
+    ax.set_title(wrapped(title))
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:         # nothing to draw (no simulated time): no empty legend
         ax.legend(fontsize=8)
@@ -255,7 +261,7 @@ def sim_time_panels(paths: list[str | Path], networks: dict[str, dict | None],
         ax.set_xscale("log")
         log_ticks(ax.xaxis)
         ax.set_xlabel("simulated time (s, log scale)")
-        ax.set_title(f"{label}\n{_network_line(paths, network)}", fontsize=9)
+        ax.set_title(wrapped(f"{label}\n{_network_line(paths, network)}", 80), fontsize=9)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("test accuracy (%)")
