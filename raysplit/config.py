@@ -17,8 +17,8 @@ from typing import Any, Literal, Union
 import yaml
 
 from raysplit.config_schema import (  # noqa: F401 (the schema is public here: raysplit.config.ExperimentConfig, ...)
-    AsynchronyConfig, AttacksConfig, bounded, CHAINS, COMPARE_METHODS, CompareConfig, CompressionConfig, DataConfig, ExperimentConfig,
-    HolderConfig, HubLinkConfig, LinkConfig, MAX_CLASSES, MAX_SAMPLES, MAX_VALUES, ModelConfig, MultiTaskConfig,
+    AsynchronyConfig, AttacksConfig, bounded, CHAINS, COMPARE_METHODS, CompareConfig, CompressionConfig, DataConfig,
+    ExperimentConfig, HolderConfig, HubLinkConfig, LinkConfig, MAX_CLASSES, MAX_SAMPLES, MAX_VALUES, ModelConfig, MultiTaskConfig,
     NetworkConfig, PARTY_NAME, PerClientConfig, PopulationConfig, PrivacyConfig, RAY_ADDRESS, Resources, RuntimeConfig, SEED_LIMIT,
     SHARED_BY_METHODS, SweepConfig, TrainingConfig, VerticalConfig,
 )
