@@ -88,7 +88,7 @@ class LabelInference(Plugin):
             for head, seg in gradient_receivers(topo):
                 ins = [topo.view(head.owner, x) if i == INPUT else vals[i].clone().requires_grad_(i == seg.name)
                        for i in head.inputs]
-                logits = model.segs[head.name](*ins)
+                logits = model.segs[head.name](*[t.clone() for t in ins])   # a first in-place layer: not on the leaf
                 # each sample's gradient at the scale the party receives it in training (of a batch's mean
                 # loss), so that a gradient-noise defence's sigma means here what it means there
                 loss = nn.functional.cross_entropy(logits, topo.labels(head.task, y), reduction="sum") / self.batch_size
