@@ -138,7 +138,9 @@ def one(clients: int, algorithm: str, args) -> dict:
     r = sorted(stamps.rounds)
     periods = [stamps.rounds[i] - stamps.rounds[i - 1] for i in r[1:-1]]     # rounds 2 .. R-1
     return dict(clients=clients, algorithm=algorithm, periods=periods, train=walls[1:-1], peak_pss=mem.peak_pss,
-                at_peak=mem.at_peak, tables=spent["tables"][1:-1], checkpoint=spent["checkpoint"][1:-1],
+                # one call of each per round (the results' tables once more at the end): rounds 2 .. R-1
+                at_peak=mem.at_peak, tables=spent["tables"][1:args.rounds - 1],
+                checkpoint=spent["checkpoint"][1:args.rounds - 1],
                 processes=mem.peak_processes, data_bytes=data_bytes, prepare_s=t_prepared - t0,
                 start_s=(stamps.started or t_prepared) - t_prepared, first_round_s=stamps.rounds[r[0]] - (stamps.started or t_prepared),
                 total_s=t_end - t0, test_acc=float(result.metrics["test_acc"].iloc[-1]))
@@ -153,9 +155,10 @@ def med(xs: list[float]) -> float:
 
 
 def table(runs: list[dict], populations: list[int], algorithms: list[str]) -> str:
-    out = ["| algorithm | clients | round period s (median) | ratio to 1,000 | train s (median) | ratio | "
-           "peak PSS GiB, all processes (median) | ratio | data MiB | prepare s | hosts start s | repeats: round period s / peak PSS GiB |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| algorithm | clients | round period s (median) | ratio to the first | train s (median) | ratio | results "
+           "tables s | period less tables: ratio | peak PSS GiB, all processes (median) | ratio | data MiB | PSS less the data, GiB | ratio | "
+           "prepare s | start s | repeats: round period s / peak PSS GiB |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in algorithms:
         base = None
         for n in populations:
@@ -165,10 +168,14 @@ def table(runs: list[dict], populations: list[int], algorithms: list[str]) -> st
             period = med([med(r["periods"]) for r in rs])
             train = med([med(r["train"]) for r in rs])
             pss = med([r["peak_pss"] for r in rs])
+            net = med([r["peak_pss"] - r["data_bytes"] for r in rs])
+            rest = med([med(r["periods"]) - med(r["tables"]) for r in rs])
             if base is None:
-                base = (period, train, pss)
+                base = (period, train, pss, net, rest)
             out.append(f"| {a} | {n:,} | {period:.3f} | {period / base[0]:.3f} | {train:.3f} | {train / base[1]:.3f} | "
-                       f"{gib(pss)} | {pss / base[2]:.3f} | {rs[0]['data_bytes'] / 2**20:.0f} | "
+                       f"{med([med(r['tables']) for r in rs]):.3f} | {rest / base[4]:.3f} | "
+                       f"{gib(pss)} | {pss / base[2]:.3f} | {rs[0]['data_bytes'] / 2**20:.0f} | {gib(net)} | "
+                       f"{net / base[3]:.3f} | "
                        f"{med([r['prepare_s'] for r in rs]):.1f} | {med([r['start_s'] for r in rs]):.1f} | "
                        + ", ".join(f"{med(r['periods']):.3f} / {gib(r['peak_pss'])}" for r in rs) + " |")
     return "\n".join(out)
@@ -200,6 +207,10 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a config override for every run, e.g. runtime.step_transport=ray (repeatable)")
     p.add_argument("--no-record", action="store_true", help="print only; leave benchmarks/README.md alone")
+    p.add_argument("--save", metavar="JSON", help="also write every run's measurements to this file")
+    p.add_argument("--load", metavar="JSON", action="append", default=[],
+                   help="runs saved with --save to count in too (with --repeats 0: tabulate and record them only)")
+    p.add_argument("--attempts", type=int, default=3, help="tries per run (a run whose Ray fails to start is retried)")
     p.add_argument("--one", nargs=2, help=argparse.SUPPRESS)      # clients, algorithm: one run in this process
     args = p.parse_args(argv)
     if args.one:
@@ -211,18 +222,24 @@ def main(argv=None) -> int:
     started, load0 = datetime.now(), os.getloadavg()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))}
     passed = sys.argv[1:] if argv is None else list(argv)
-    runs = []
+    runs = [r for path in args.load for r in json.loads(Path(path).read_text())]
     for rep in range(args.repeats):
         for a in args.algorithms:
             shift = rep % len(args.populations)              # rotate which population goes first
             for n in args.populations[shift:] + args.populations[:shift]:
-                proc = subprocess.run([sys.executable, __file__, *passed, "--one", str(n), a], env=env,
-                                      capture_output=True, text=True)
+                for attempt in range(1, args.attempts + 1):   # a busy machine: Ray's start can time out (30 s)
+                    proc = subprocess.run([sys.executable, __file__, *passed, "--one", str(n), a], env=env,
+                                          capture_output=True, text=True)
+                    if proc.returncode == 0:
+                        break
+                    print(f"{a}, {n:,} clients: attempt {attempt} failed (exit {proc.returncode}): "
+                          f"{(proc.stderr.strip().splitlines() or ['?'])[-1][:200]}", flush=True)
                 if proc.returncode != 0:
-                    print(f"{a}, {n:,} clients: failed (exit {proc.returncode})\n{proc.stderr[-3000:]}", flush=True)
                     continue
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
                 runs.append(r)
+                if args.save:
+                    Path(args.save).write_text(json.dumps(runs, indent=1) + "\n")
                 print(f"repeat {rep + 1}, {a}, {n:,} clients: round period {med(r['periods']):.3f} s "
                       f"({', '.join(f'{x:.3f}' for x in r['periods'])}), train {med(r['train']):.3f} s, tables "
                       f"{med(r['tables']):.3f} s, checkpoint {med(r['checkpoint']):.3f} s, peak PSS "
@@ -235,7 +252,13 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(HERE))
     from bench_scale import machine
 
-    cmd = "PYTHONPATH=. python benchmarks/bench_population.py " + " ".join(passed)
+    shown = [a for i, a in enumerate(passed) if a != "--save" and (i == 0 or passed[i - 1] != "--save")]
+    cmd = "PYTHONPATH=. python benchmarks/bench_population.py " + " ".join(shown)
+    counts: dict = {}
+    for r in runs:
+        counts[r["algorithm"], r["clients"]] = counts.get((r["algorithm"], r["clients"]), 0) + 1
+    low, high = min(counts.values(), default=0), max(counts.values(), default=0)
+    runs_of = f"{low}" if low == high else f"{low}-{high}"
     record(f"""Command: `{cmd.strip()}` ({started:%Y-%m-%d %H:%M}, {(datetime.now() - started).seconds // 60} min).
 Machine: {machine()}. Load average {load0[0]:.1f} at the start and {os.getloadavg()[0]:.1f} at the end (other
 sessions were running on the same 2 cores: absolute times are noisy; populations were interleaved).
@@ -245,7 +268,7 @@ samples per client ({args.sizes} sizes) at every population; `mlp` cut at `relu1
 `training.clients_per_round: {args.per_round}`; {args.workers} worker actors and the server (`num_cpus: 0.5` each); a results
 directory written and a checkpoint taken every round. {args.rounds} rounds a run; round period: the time between
 two rounds' log lines, median over rounds 2..{args.rounds - 1} (round 1 starts up, round {args.rounds} evaluates), then
-over {args.repeats} repeats; train: the rounds' own `wall_s` (training and drains). Peak PSS over the whole run
+over the repeats ({runs_of} runs of each); train: the rounds' own `wall_s` (training and drains). Peak PSS over the whole run
 (data generation, Ray start, every party host), summed over all processes; data: the training and test arrays and the
 owners (held once in the object store; the driver holds the test set, and its copy of the training set while
 generating it).
