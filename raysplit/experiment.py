@@ -272,8 +272,12 @@ class _Run:
         cfg, rounds = self.cfg, self.cfg.training.rounds
         while self.done < rounds:
             r = self.done
+            checkpoint = (r + 1) % cfg.runtime.checkpoint_every == 0 or r + 1 == rounds
             try:
                 row = self.one_round(r)
+                t0 = time.perf_counter()   # a party lost while its state is gathered: the round is replayed too
+                state = self.algo.state() if checkpoint else None
+                gathered_s = time.perf_counter() - t0
             except LOST_PARTY as e:
                 self.recover(e)
                 bar.n = self.done
@@ -284,10 +288,11 @@ class _Run:
                     write_csv(df, self.tmp / name)
                 if "client_rows" in self.results:
                     write_csv(pd.DataFrame(self.results["client_rows"]), self.tmp / "clients.csv")
-            if self.done % cfg.runtime.checkpoint_every == 0 or self.done == rounds:
-                t0 = time.perf_counter()        # the cost of a checkpoint: gathering the state and writing it
-                nbytes = self.checkpoints.save(Checkpoint(self.done, self.algo.state(), self.results))
-                log.info("checkpoint after round %d: %.2fs, %.1f MB", self.done, time.perf_counter() - t0, nbytes / 1e6)
+            if checkpoint:                     # its cost: gathering the state and writing it
+                t0 = time.perf_counter()
+                nbytes = self.checkpoints.save(Checkpoint(self.done, state, self.results))
+                log.info("checkpoint after round %d: %.2fs, %.1f MB", self.done,
+                         gathered_s + time.perf_counter() - t0, nbytes / 1e6)
             bar.set_postfix(test_acc=f"{row['test_acc']:.4f}", refresh=False)
             bar.update(1)                      # the count shown is the rounds done, with this round's accuracy
             log.info("round %d/%d: test_acc=%.4f train_loss=%.4f client TFLOPs/client=%.4g client GB/client=%.4g "

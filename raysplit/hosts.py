@@ -34,8 +34,14 @@ log = logging.getLogger("raysplit")
 
 HOST_START_TIMEOUT_S = 300
 PING_TIMEOUT_S = 30
+
+
+class StreamEnded(RuntimeError):
+    """A host's stream of results ended before its last item: the host, or a party it was working with, is gone."""
+
+
 # what a call raises when a party host it needed is gone (the experiment restarts the hosts and replays)
-LOST_PARTY = ray.exceptions.RayError
+LOST_PARTY = (ray.exceptions.RayError, StreamEnded)
 
 
 @dataclass
@@ -110,7 +116,7 @@ class Hosts:
         ref = next(stream, None)
         if ref is None:
             ray.get(stream.completed())
-            raise RuntimeError("a host's stream of results ended early")
+            raise StreamEnded("a host's stream of results ended early")
         return ref
 
     # ------------------------------------------------------------------ handles

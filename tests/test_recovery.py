@@ -37,6 +37,10 @@ SCENARIOS = {
     "splitnn-server": ([], "server"),
     "splitfed-v1-worker": (["algorithm=splitfed"], "worker0"),
     "fedavg-worker": (["algorithm=fedavg"], "worker0"),
+    # the server dies while it serves a worker's link: the worker's stream of results ends early (issue 26)
+    "splitfed-v1-server": (["algorithm=splitfed"], "server"),
+    # clients at work across rounds: the worker's state is in the checkpoint
+    "async-worker": (["schedule=async", "training.clients_per_round=2"], "worker0"),
 }
 
 
