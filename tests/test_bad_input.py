@@ -244,6 +244,12 @@ def deletions(raw: dict) -> list[tuple[str, typing.Callable[[dict], None], str]]
                     r"population.trace_file"))
         out.append(("population more clients a round than online", lambda r: set_key(
             r, "training.clients_per_round", r["data"]["num_clients"]), r"training.clients_per_round"))
+    if raw.get("schedule") == "async" or "async_split" in raw.get("compare", {}).get("methods", []):
+        # asynchronous rounds have no round to end, and their latest weights live with the fed server
+        out.append(("async with a deadline", lambda r: r.update(schedule="async", population={"deadline_s": 5}),
+                    r"population.deadline_s: 5.0 .*for async_split"))
+        out.append(("async averaged at the server", lambda r: r.update(schedule="async", training=dict(
+            r["training"], averaging_point="server")), r"training.averaging_point: 'server' .*fed_server for async_split"))
     return out
 
 
@@ -572,7 +578,7 @@ def test_an_algorithm_declares_the_topologies_it_supports(tmp_path, capsys):
                                    "data": {"dataset": "synthetic", "num_clients": 2, "synthetic_samples": 32},
                                    "model": {"cut_layers": ["pool1", "relu3"]}})
     validate_refuses(capsys, path, pattern=r"algorithm: 'test_bad_input:OnlyVanilla' .*can train topology u_shaped: "
-                                           r"splitnn, splitfed, centralized, fedavg, large_batch_sgd[a-z_, ]* "
+                                           r"splitnn, splitfed, async_split, centralized, fedavg, large_batch_sgd[a-z_, ]* "
                                            r"\(test_bad_input:OnlyVanilla trains only the vanilla topology\)")
     capsys.readouterr()
     assert cli.main(["validate", str(path), "--set", "topology=vanilla", "--set", "model.cut_layers=[pool1]"]) == 0
