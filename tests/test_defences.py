@@ -2,6 +2,7 @@
 (with the equivalence oracle still holding), Gaussian noise on what crosses the cut."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,7 +10,7 @@ from conftest import max_param_diff, shared_run, small_config, train_with
 from raysplit.algorithms import Centralized, SplitNN
 from raysplit.errors import ConfigError
 from raysplit.experiment import prepare, run
-from raysplit.privacy import distance_correlation
+from raysplit.privacy import bias_corrected_dcor2, distance_correlation
 
 
 def dcor_by_definition(xs, zs) -> float:
@@ -40,6 +41,34 @@ def test_distance_correlation_by_hand_and_its_properties():
     u, v = torch.randn(512, 2, generator=g), torch.randn(512, 2, generator=g)   # low-dimensional: little bias
     independent = float(distance_correlation(u, v))
     assert independent < 0.15 and float(distance_correlation(u, u ** 2)) > 2 * independent
+
+
+def bcdcor2_by_definition(xs, zs) -> float:
+    """Székely & Rizzo (2014), written out with loops over the pairs: U-centred distances, their inner product."""
+    def u_centred(d):
+        n = len(d)
+        u = np.zeros_like(d)
+        for i in range(n):
+            for j in range(n):
+                if i != j:
+                    u[i, j] = d[i, j] - d[i].sum() / (n - 2) - d[:, j].sum() / (n - 2) + d.sum() / ((n - 1) * (n - 2))
+        return u
+
+    def dist(v):
+        return np.sqrt(((v[:, None, :] - v[None, :, :]) ** 2).sum(-1))
+
+    a, b = u_centred(dist(xs.reshape(len(xs), -1))), u_centred(dist(zs.reshape(len(zs), -1)))
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+
+def test_the_bias_corrected_distance_correlation_is_0_for_independent_data_where_the_sample_one_is_not():
+    g = torch.Generator().manual_seed(0)
+    x, z = torch.randn(40, 1, 6, 6, generator=g, dtype=torch.float64), torch.randn(40, 12, generator=g, dtype=torch.float64)
+    assert bias_corrected_dcor2(x, z) == pytest.approx(bcdcor2_by_definition(x.numpy(), z.numpy()), abs=1e-9)
+    # independent batches of a cut's size: the sample estimator stays far from 0, the bias-corrected one does not
+    x, z = torch.randn(512, 1, 28, 28, generator=g), torch.randn(512, 32, 13, 13, generator=g)
+    assert float(distance_correlation(x, z)) > 0.2 and abs(bias_corrected_dcor2(x, z)) < 0.02
+    assert bias_corrected_dcor2(x, 3 * x.flatten(1) + 1) == pytest.approx(1.0)        # a similarity: 1, as the sample one
 
 
 def test_nopeek_keeps_the_equivalence_oracle(ray_session):
