@@ -186,7 +186,10 @@ class AsyncSplit(Algorithm):
                 self.fed_turn = hosts.call(fed, SEGMENTS, "mix", e.client, e.mix, submit(w), *self._after())
         for w in list(stretches):
             submit(w)
-        return hosts.gather_stats(stats, self.round_desc(r), self.progress)
+        out = hosts.gather_stats(stats, self.round_desc(r), self.progress)
+        if self.fed_turn is not None:    # the round's last mix is done before anyone reads the global weights
+            hosts.get(self.fed_turn)
+        return out
 
     def state(self) -> dict:
         return {"hosts": self.hosts.states(SEGMENTS), "timeline": self._timeline().state()}
