@@ -23,10 +23,10 @@ from contextlib import nullcontext
 import torch
 
 from raysplit.accounting import TrainStats
-from raysplit.algorithms.base import Algorithm, compose
-from raysplit.algorithms.splitfed import FED_SERVER, FED_SERVER_RESOURCES, SplitFed, SplitFedServer
+from raysplit.algorithms.base import Algorithm
+from raysplit.algorithms.splitfed import (FED_SERVER, FED_SERVER_RESOURCES, SplitFed, SplitFedServer, global_model,
+                                          round_batches)
 from raysplit.async_timeline import AsyncTimeline
-from raysplit.data import batches
 from raysplit.engine import SEGMENTS, SegmentServer, party_id
 from raysplit.graph import CLIENT, ComposedNet
 from raysplit.hosts import Hosts
@@ -43,13 +43,10 @@ class AsyncWorker(SegmentServer):
         self.working: dict[int, tuple] = {}     # client -> (its store, its batches, the round it started in)
 
     def _begin(self, k: int, round_: int, weights: dict | None, state: dict | None = None) -> None:
-        h, t = self.host, self.training
-        store = self.store.copy(t, weights)
+        store = self.store.copy(self.training, weights)
         if state is not None:
             store.load(state)
-        steps = [idx for e in range(t.local_epochs)
-                 for idx in batches(h.client_indices[k], t.batch_size, h.seed, round_ * t.local_epochs + e, k)]
-        self.working[k] = (store, steps, round_)
+        self.working[k] = (store, round_batches(self.host, k, round_), round_)
 
     def run(self, round_: int, items: list[tuple], *start_weights) -> tuple[dict, dict]:
         """Carry out a stretch of the round's events on this host, in order: ("start", k) takes the next of
@@ -199,8 +196,4 @@ class AsyncSplit(Algorithm):
         self._timeline().load(state["timeline"])
 
     def model(self) -> ComposedNet:
-        hosts = self.hosts
-        states = dict(hosts.get(hosts.call(hosts.roles[FED_SERVER], SEGMENTS, "global_client_weights")))
-        for h in self.servers:
-            states.update(hosts.get(hosts.call(h, SEGMENTS, "segment_states")))
-        return compose(self.plan, states)
+        return global_model(self.plan, self.hosts, FED_SERVER)

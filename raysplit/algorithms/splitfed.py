@@ -54,6 +54,21 @@ FED_SERVER = "fed_server"
 FED_SERVER_RESOURCES = Resources(num_cpus=0.0, torch_threads=1)
 
 
+def round_batches(host, k: int, round_: int) -> list:
+    """Client ``k``'s batches of a round: all its local epochs, in order (the same draw on any host)."""
+    t = host.training
+    return [idx for e in range(t.local_epochs)
+            for idx in batches(host.client_indices[k], t.batch_size, host.seed, round_ * t.local_epochs + e, k)]
+
+
+def global_model(plan, hosts: Hosts, point: str) -> ComposedNet:
+    """The global client-side weights held at ``point`` with every host's server-side segments: for evaluation."""
+    states = dict(hosts.get(hosts.call(hosts.roles[point], SEGMENTS, "global_client_weights")))
+    for h in hosts.roles.values():
+        states.update(hosts.get(hosts.call(h, SEGMENTS, "segment_states")))
+    return compose(plan, states)
+
+
 class SplitFedWorker(SegmentServer):
     """Worker side: trains participating clients, each on its own copy of the client-side segments (only
     while it trains), and sends their weights to the averaging point. ``transport``: "link" runs a call's
@@ -88,15 +103,12 @@ class SplitFedWorker(SegmentServer):
     def _train(self, round_: int, plan: list[tuple[int, int, int]], client_global: dict, stats: TrainStats,
                gone: frozenset = frozenset()) -> dict:
         h, training = self.host, self.training
-        epochs, size = training.local_epochs, training.batch_size
         last = {k: j for _, k, j in plan}
         live: dict[int, tuple[SegmentStore, list]] = {}
         sent: dict[int, dict] = {}
         for step, k, j in plan:
             if k not in live:
-                live[k] = (self.store.copy(training, client_global),
-                           [idx for e in range(epochs) for idx in
-                            batches(h.client_indices[k], size, h.seed, round_ * epochs + e, k)])
+                live[k] = (self.store.copy(training, client_global), round_batches(h, k, round_))
             store, steps = live[k]
             h.seed_torch(round_, k, j)
             stats.add(self.engine.step(store, k, (round_, step), steps[j]))
@@ -376,8 +388,4 @@ class SplitFed(SplitNN):
         return self._fold([(k, n) for k, n in entries if k in folded], weights, stats), stats
 
     def model(self) -> ComposedNet:
-        hosts = self.hosts
-        states = dict(hosts.get(hosts.call(hosts.roles[self.averaging_point], SEGMENTS, "global_client_weights")))
-        for h in hosts.roles.values():
-            states.update(hosts.get(hosts.call(h, SEGMENTS, "segment_states")))
-        return compose(self.plan, states)
+        return global_model(self.plan, self.hosts, self.averaging_point)
