@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -23,6 +24,8 @@ import pandas as pd  # noqa: E402
 from raysplit import config as config_mod  # noqa: E402
 from raysplit.data import load_dataset  # noqa: E402
 from raysplit.errors import RaysplitError  # noqa: E402
+
+log = logging.getLogger("raysplit")
 
 # name -> (activation codec, gradient codec); the top-k ratio is the config's compression.topk_ratio
 VARIANTS = {
@@ -47,7 +50,9 @@ def run_variants(config: str, overrides: list[str], out: Path, progress: bool = 
     first = next(iter(cfgs.values()))
     dataset = load_dataset(first.data, first.seed)        # every variant trains on the same data
     rows = []
-    for name, cfg in cfgs.items():
+    for i, (name, cfg) in enumerate(cfgs.items(), 1):
+        log.info("codecs: %s (%d/%d): activations %s, gradients %s", name, i, len(cfgs),
+                 cfg.compression.activation or "as they are", cfg.compression.gradient or "as they are")
         result = run(cfg, out_dir=out / name.replace(" ", "_").replace("+", "and"), progress=progress,
                      plan=prepare(cfg, dataset))
         summary = json.loads((result.out_dir / "summary.json").read_text())

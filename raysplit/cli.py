@@ -288,7 +288,6 @@ def main(argv: list[str] | None = None) -> int:
             return PASSTHROUGH[command](argv[1:])
         return args.fn(args)
     except RaysplitError as e:
-        console.drop_setup()                # the setup that led to the refusal is not worth a line
         print(f"raysplit: error: {e}{_resume_hint(args, e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt as e:
@@ -297,7 +296,6 @@ def main(argv: list[str] | None = None) -> int:
         _shutdown_ray()
         return 128 + signum
     finally:
-        console.show_setup()
         for s, h in previous.items():          # called from Python (tests, notebooks): leave it as it was
             signal.signal(s, h)
 

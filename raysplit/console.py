@@ -6,8 +6,8 @@
   kept out of the terminal: they are held in a small buffer and written into the run's run.log
   (``replay_startup``) when its results directory is created. Warnings and errors from raysplit itself
   and errors from Ray still reach the terminal.
-- raysplit's own setup lines ("starting party hosts ...") are held back until the run logs something else;
-  if the input is refused during setup (``drop_setup``), stderr holds the error line only.
+- the first line comes before Ray starts ("starting a local Ray ..."), and says how long Ray and the party
+  hosts took once they are up; a config refused before that line is the error line only.
 """
 from __future__ import annotations
 
@@ -18,32 +18,19 @@ import sys
 from tqdm import tqdm
 
 # raysplit's start-up detail: shown with -v, always in run.log
-STARTUP_PREFIXES = ("Ray: ", "party host ready: ")
-SETUP_PREFIXES = ("starting party hosts",)     # shown once the run has started, dropped if it is refused
+STARTUP_PREFIXES = ("party host ready: ",)
+# the start-up lines everyone sees, logged before a run's run.log exists: written into it afterwards
+SHOWN_STARTUP_PREFIXES = ("starting ", "connecting to the Ray cluster", "Ray up in", "party hosts ready")
 
 
 class TqdmHandler(logging.Handler):
-    """A console handler that writes through ``tqdm.write`` (never onto a progress bar's line), holding
-    raysplit's setup lines back until the run logs something else."""
+    """A console handler that writes through ``tqdm.write`` (never onto a progress bar's line)."""
 
     def __init__(self, stream=None):
         super().__init__()
         self.stream = stream
-        self.held: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if str(record.msg).startswith(SETUP_PREFIXES) and record.name.startswith("raysplit"):
-            self.held.append(record)
-            return
-        self.show_held()
-        self._write(record)
-
-    def show_held(self) -> None:
-        held, self.held = self.held, []
-        for record in held:
-            self._write(record)
-
-    def _write(self, record: logging.LogRecord) -> None:
         try:
             tqdm.write(self.format(record), file=self.stream or sys.stderr)
         except Exception:          # noqa: BLE001 - logging must never break a run
@@ -97,21 +84,6 @@ def setup(verbose: bool = False) -> None:
     quiet_ray()
 
 
-def _console() -> TqdmHandler | None:
-    return next((h for h in _installed if isinstance(h, TqdmHandler)), None)
-
-
-def drop_setup() -> None:
-    """The input was refused during setup: its setup lines are not worth showing."""
-    if _console():
-        _console().held.clear()
-
-
-def show_setup() -> None:
-    if _console():
-        _console().show_held()
-
-
 def quiet_ray() -> None:
     """Route Ray's log records (its "ray" logger writes to stderr itself) through the handlers ``setup``
     installed: errors on the terminal, the rest into run.log. A no-op unless the command line called
@@ -131,6 +103,6 @@ def replay_startup(handler: logging.Handler) -> None:
     if _buffer is None:
         return
     for record in list(_buffer.records):
-        if record.name != "raysplit" or str(record.msg).startswith((*STARTUP_PREFIXES, "starting party hosts")):
+        if record.name != "raysplit" or str(record.msg).startswith((*STARTUP_PREFIXES, *SHOWN_STARTUP_PREFIXES)):
             handler.handle(record)
     _buffer.records.clear()

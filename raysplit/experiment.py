@@ -323,7 +323,6 @@ def run(cfg: ExperimentConfig, out_dir: str | Path | None = None, progress: bool
     state = _Run(cfg, plan, algo, Checkpoints(ck_dir, rt.keep_checkpoints), tmp if write else None, capture_ledger)
     handler = None
     try:
-        log.info("starting party hosts on Ray%s ...", f" at {cfg.runtime.address}" if cfg.runtime.address else "")
         algo.start()                       # capacity and cluster errors surface here, before any file
         if write:
             tmp.mkdir(parents=True, exist_ok=resume is not None)

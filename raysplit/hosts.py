@@ -10,6 +10,7 @@ other calls: tensors go from host to host, never through the driver.
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -59,7 +60,8 @@ class Hosts:
     def start(cls, plan, capture_ledger: bool = False, **options) -> "Hosts":
         """Connect to Ray (local or the config's cluster) and start the hosts of a prepared plan (``start_hosts``'
         options: ``other_roles``, ``role_options``, ``extra_roles``)."""
-        connect(plan.cfg.runtime.address)
+        connect(plan.cfg.runtime.address, host_requests(plan.cfg, plan.topology, len(plan.client_indices),
+                                                        options.get("other_roles")))
         return start_hosts(plan.cfg, plan.topology, plan.modules, *shared_training_set(plan.dataset), plan.client_indices,
                            capture_ledger, plan.holder_ids, plugins=plan.plugins, **options)
 
@@ -217,6 +219,16 @@ def put_once(array: np.ndarray) -> ray.ObjectRef:
     return _stored(array) or ray.put(array)
 
 
+def host_requests(cfg: ExperimentConfig, topology: Topology, n_clients: int,
+                  other_roles: list[str] | None = None) -> list[tuple[str, Resources]]:
+    """(config field, resources) of each party host ``start_hosts`` starts, in its order: one per worker, then
+    one per other role (by default the topology's)."""
+    if other_roles is None:
+        other_roles = [r for r in topology.roles if r != CLIENT]
+    n_workers = min(cfg.runtime.workers, n_clients) if CLIENT in topology.roles else 0
+    return [("runtime.worker", cfg.runtime.worker)] * n_workers + [("runtime.server", cfg.runtime.server)] * len(other_roles)
+
+
 def start_hosts(cfg: ExperimentConfig, topology: Topology, modules: dict, train_x, train_y,
                 client_indices: list, capture_ledger: bool = False, holder_ids: dict[str, np.ndarray] | None = None,
                 role_options: dict | None = None, other_roles: list[str] | None = None, plugins: list = (),
@@ -236,9 +248,12 @@ def start_hosts(cfg: ExperimentConfig, topology: Topology, modules: dict, train_
     rt, holder_ids = cfg.runtime, holder_ids or {}
     if other_roles is None:
         other_roles = [r for r in topology.roles if r != CLIENT]
-    n_workers = min(rt.workers, len(client_indices)) if CLIENT in topology.roles else 0
-    requests = [("runtime.worker", rt.worker)] * n_workers + [("runtime.server", rt.server)] * len(other_roles)
+    requests = host_requests(cfg, topology, len(client_indices), other_roles)
+    n_workers = len(requests) - len(other_roles)
     check_capacity(requests)
+    names = [*(f"worker{w}" for w in range(n_workers)), *other_roles, *(extra_roles or {})]
+    log.info("starting %d party hosts: %s ...", len(names), ", ".join(names))
+    t0 = time.perf_counter()
     pg = reserve(rt.placement, requests)
     common = dict(training=cfg.training, seed=cfg.seed, deterministic=rt.deterministic, capture_ledger=capture_ledger,
                   plugins=list(plugins))
@@ -296,6 +311,7 @@ def start_hosts(cfg: ExperimentConfig, topology: Topology, modules: dict, train_
                               f"{HOST_START_TIMEOUT_S}s (check the cluster's nodes and runtime.worker / runtime.server)")
         for line in ray.get(list(pings.values())):
             log.info("party host ready: %s", line)
+        log.info("party hosts ready in %.1f s", time.perf_counter() - t0)
         ray.get([h.set_peers.remote(peers) for h in hosts.all])
     except BaseException:      # an actor that cannot start: release what was reserved
         stop_hosts(hosts)

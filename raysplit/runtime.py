@@ -13,12 +13,14 @@ import os
 import signal
 import socket
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import ray
 import ray._private.worker as worker     # its unhandled-error hook: Ray's own tests replace it the same way
+from ray._private.utils import get_num_cpus   # what a local Ray counts (the Ray version is pinned)
 from ray.util.placement_group import placement_group, remove_placement_group
 
 from raysplit import console, registry
@@ -44,14 +46,31 @@ def keep_signal_handlers():
                 signal.signal(s, handler)
 
 
-def connect(address: str | None) -> None:
-    """Start a local Ray, or attach to a running cluster. A no-op when Ray is already up (tests)."""
+def connect(address: str | None, requests: list[tuple[str, Resources]] = ()) -> None:
+    """Start a local Ray, or attach to a running cluster. A no-op when Ray is already up (tests).
+    ``requests``: the party hosts the run will start; a local Ray too small for them is refused before it
+    starts (its size is this machine's), so the refusal is the only line."""
     quiet_lost_party_errors()
     if ray.is_initialized():
         return
+    if not address:
+        check_capacity(requests, {"CPU": local_cpus()})
+    # the first line a run shows: Ray takes seconds to start, and the terminal should say what it waits for
+    if address:
+        log.info("connecting to the Ray cluster at %s ...", address)
+    else:
+        log.info("starting a local Ray ...")
+    t0 = time.perf_counter()
     with keep_signal_handlers():
         _init(address)
-    log.info("Ray: %s", {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")})
+    have = ray.cluster_resources()
+    log.info("Ray up in %.1f s: %g CPUs, %g GPUs, %.1f GB memory", time.perf_counter() - t0, have.get("CPU", 0),
+             have.get("GPU", 0), have.get("memory", 0) / 1e9)
+
+
+def local_cpus() -> float:
+    """The CPUs a local Ray will have: Ray's own count (cgroup limits included)."""
+    return float(get_num_cpus())
 
 
 def quiet_lost_party_errors() -> None:
@@ -156,17 +175,21 @@ def threads_for(res: Resources) -> int:
     return res.torch_threads or max(1, int(res.num_cpus))
 
 
-def check_capacity(requests: list[tuple[str, Resources]]) -> None:
-    """Refuse, with a clear line, a set of actors the cluster can never schedule (Ray would wait forever)."""
-    have = ray.cluster_resources()
+def check_capacity(requests: list[tuple[str, Resources]], have: dict[str, float] | None = None) -> None:
+    """Refuse, with a clear line, a set of actors the cluster can never schedule (Ray would wait forever).
+    ``have``: what to check against, only its keys (default: everything the connected cluster has)."""
+    known = have is not None
+    have = have if known else ray.cluster_resources()
     for kind, key in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
+        if known and key not in have:
+            continue
         want = sum(getattr(r, kind) for _, r in requests)
         if want > have.get(key, 0) + 1e-9:
             fields = sorted({f"{f}.{kind}" for f, r in requests if getattr(r, kind) > 0})
             raise ConfigError(fields[0] if len(fields) == 1 else "runtime", want,
                               f"at most {have.get(key, 0):g} {key}s in total (what the Ray cluster has); "
                               f"lower {', '.join(fields)} or runtime.workers")
-    for key in sorted({k for _, r in requests for k in r.resources}):
+    for key in sorted({k for _, r in requests for k in r.resources if not known or k in have}):
         want = sum(r.resources.get(key, 0) for _, r in requests)
         if want > have.get(key, 0) + 1e-9:
             fields = sorted({f"{f}.resources.{key}" for f, r in requests if r.resources.get(key, 0) > 0})

@@ -654,9 +654,9 @@ def test_broken_config_file_from_the_command_line(tmp_path, name):
                                                 r"(YAML mapping of config keys \(the file has none|YAML file of UTF-8 text)")
 
 
-def test_refused_after_ray_started_leaves_only_the_error_line(tmp_path):
-    """More CPUs than the machine has is only known once Ray is up: raysplit's setup lines (``Ray: {...}``)
-    are held back, so stderr has the error line and no raysplit INFO line (Ray's own notices aside)."""
+def test_too_many_cpus_for_a_local_ray_leaves_only_the_error_line(tmp_path):
+    """More CPUs than this machine has, for a local Ray (whose size is the machine's): refused before Ray
+    starts, so stderr has the error line and no raysplit INFO line (not even "starting a local Ray")."""
     out = tmp_path / "res"
     p = raysplit("run", "experiments/vanilla_fmnist.yaml", "--set", "data.dataset=synthetic", "--set",
                  "data.num_clients=2", "--set", "model.cut_layers=[pool1]", "--set", "runtime.server.num_cpus=64",

@@ -36,8 +36,17 @@ def test_run_writes_a_results_directory(tmp_path):
     led = pd.read_csv(out / "ledger.csv")
     assert led.groupby("round")["bytes"].sum().tolist() == m["bytes_total"].tolist()
     assert json.loads((out / "summary.json").read_text())["final_test_acc"] == m["test_acc"].iloc[-1]
-    assert "round 2/2" in (out / "run.log").read_text()
+    log = (out / "run.log").read_text()
+    assert "round 2/2" in log
     assert not list(tmp_path.glob(".*partial"))
+    # the start speaks: the first line says what it waits for, written before Ray starts (Ray's own lines, in
+    # run.log, come after it), then how long Ray and the party hosts took
+    ours = [line for line in p.stderr.splitlines() if re.match(r"^\d\d:\d\d:\d\d ", line)]
+    assert ours[0].endswith("starting a local Ray ...") and re.search(r"Ray up in [\d.]+ s: [\d.]+ CPUs", ours[1]), ours
+    assert re.search(r"starting 2 party hosts: worker0, server ...", ours[2])
+    assert re.search(r"party hosts ready in [\d.]+ s", ours[3])
+    first, rays_own = log.index("starting a local Ray"), log.index("Started a local Ray instance")
+    assert first < rays_own < log.index("Ray up in")
 
 
 BAD = [

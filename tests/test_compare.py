@@ -9,16 +9,19 @@ import pytest
 import yaml
 
 from raysplit import config
-from test_cli import SMALL
+from test_cli import SMALL, raysplit
 
 METHODS = ["splitnn", "fedavg", "large_batch_sgd"]
 
 
 def test_compare_writes_one_directory_with_three_runs(tmp_path, raysplit_here):
+    """As a process of its own: it starts Ray once for the three methods."""
     out = tmp_path / "cmp"
-    p = raysplit_here("compare", "experiments/compare_fmnist.yaml", *SMALL, "--set", "data.num_clients=3",
+    p = raysplit("compare", "experiments/compare_fmnist.yaml", *SMALL, "--set", "data.num_clients=3",
                  "--set", "compare.fedavg.training.lr=0.03", "--out", str(out), "--quiet")
     assert p.returncode == 0, p.stderr
+    assert p.stderr.count("starting a local Ray") == p.stderr.count("Ray up in") == 1, p.stderr
+    assert p.stderr.count("party hosts ready in") == 3, p.stderr
     assert sorted(x.name for x in out.iterdir()) == sorted(["comparison.csv", "config.yaml", "report", *METHODS])
     report = (out / "report" / "report.md").read_text()          # the figures, drawn from these three runs
     assert all(m in report for m in ("SplitNN", "Federated averaging", "Large-batch sync. SGD"))
@@ -46,6 +49,15 @@ def test_compare_writes_one_directory_with_three_runs(tmp_path, raysplit_here):
     flops = {m: pd.read_csv(out / m / "metrics.csv")["client_flops"].sum() for m in METHODS}
     assert flops["fedavg"] == flops["large_batch_sgd"] > flops["splitnn"] > 0
     assert not list(tmp_path.glob(".*partial"))
+    # a method after another in the same process (and Ray) gives what it gives alone, but for the wall clock
+    alone = tmp_path / "fedavg"
+    p = raysplit_here("run", "experiments/compare_fmnist.yaml", *SMALL, "--set", "data.num_clients=3", "--set",
+                      "algorithm=fedavg", "--set", "training.lr=0.03", "--out", str(alone), "--quiet")
+    assert p.returncode == 0, p.stderr
+    for name in ("metrics.csv", "ledger.csv", "flops.csv"):
+        theirs, mine = (pd.read_csv(d / name) for d in (out / "fedavg", alone))
+        keep = [c for c in theirs.columns if not c.startswith("wall_s")]
+        pd.testing.assert_frame_equal(theirs[keep], mine[keep], check_exact=True)
 
 
 @pytest.mark.parametrize("extra,pattern", [

@@ -94,16 +94,16 @@ def cli_logging():
 
 
 def test_ray_startup_lines_go_to_run_log_not_the_terminal(cli_logging, capsys, tmp_path):
-    logging.getLogger("raysplit").info("Ray: {'CPU': 2.0}")
+    logging.getLogger("raysplit").info("party host ready: worker0 on vm (cpu)")
     logging.getLogger("ray._private.authentication").warning("Token authentication is enabled")
     logging.getLogger("raysplit").info("round 1/1: test_acc=0.5")
     err = capsys.readouterr().err
-    assert "Token authentication" not in err and "Ray: {" not in err and "round 1/1: test_acc=0.5" in err
+    assert "Token authentication" not in err and "host ready" not in err and "round 1/1: test_acc=0.5" in err
     log_file = logging.FileHandler(tmp_path / "run.log")
     console.replay_startup(log_file)
     log_file.close()
     text = (tmp_path / "run.log").read_text()
-    assert "Token authentication" in text and "Ray: {" in text and "round 1/1" not in text
+    assert "Token authentication" in text and "host ready: worker0" in text and "round 1/1" not in text
 
 
 def test_run_lines_never_join_a_progress_bar(ray_session, cli_logging, capsys, tmp_path):

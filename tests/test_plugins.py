@@ -1,6 +1,7 @@
 """Plug-in points and cut-layer compression: codecs, the ledger's encoded bytes, plug-in FLOPs metered to
 the party that ran them, and the equivalence oracle with an extra client loss."""
 import copy
+import logging
 import math
 from pathlib import Path
 
@@ -88,11 +89,34 @@ def codec_runs(ray_session, tmp_path_factory):
     from test_cli import ROOT
 
     out = tmp_path_factory.mktemp("codecs") / "codecs"
-    with pytest.MonkeyPatch.context() as m:
+    said = Said()
+    with pytest.MonkeyPatch.context() as m, said:
         m.chdir(ROOT)
         assert codecs.main(["experiments/compression_fmnist.yaml", *[a for s in CODEC_SETS for a in ("--set", s)],
                             "--out", str(out), "--quiet"]) == 0
-    return out, pd.read_csv(out / "codecs.csv")
+    return out, pd.read_csv(out / "codecs.csv"), said.lines
+
+
+class Said(logging.Handler):
+    """The lines raysplit logs while it is entered (at INFO, whatever the process's logging setup)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+    def __enter__(self):
+        self.logger = logging.getLogger("raysplit")
+        self.level = self.logger.level
+        self.logger.addHandler(self)
+        self.logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self.level)
 
 
 def codec_run(codec_runs, variant: str, *sets: str) -> Path:
@@ -241,8 +265,11 @@ def test_bad_plugin_options_are_one_line_errors():
 
 
 def test_codecs_command_compares_the_codec_settings(codec_runs):
-    out, table = codec_runs
+    out, table, said = codec_runs
     assert table["variant"].tolist() == ["none", "float16", "int8", "int8 + top-k gradients", "top-k"]
+    # it says which setting is training, before each
+    assert [line.split(":")[1].strip() for line in said if line.startswith("codecs: ")] == \
+        [f"{v} ({i}/5)" for i, v in enumerate(table["variant"], 1)]
     gb = dict(zip(table["variant"], table["client_gb_per_client"]))
     assert gb["top-k"] < gb["int8"] < gb["float16"] < gb["none"]
     assert (out / "accuracy_vs_client_gb.png").stat().st_size > 10_000
