@@ -2,6 +2,7 @@
 file remembers that it happened, so the replay or the resumed run goes on)."""
 import os
 import signal
+import threading
 
 from raysplit.plugins import Plugin
 
@@ -38,4 +39,25 @@ class SignalDriverAt(Plugin):
             if self.marker:
                 open(self.marker, "w").close()
             os.kill(os.getpid(), self.signum)
+        return {}
+
+
+# party host name -> the process id Ray reports for it, for the hosts now running (the fault campaign's
+# start_hosts wrapper keeps it up to date, a restart included)
+PIDS: dict[str, int] = {}
+
+
+class KillFromOutside(Plugin):
+    """The world's fault: on the driver, once round ``at_round`` (1-based) has been evaluated, another thread
+    SIGKILLs party host ``target``'s process ``delay_s`` later, wherever the run then is (a step, a hand-off, a
+    fold, a link, the evaluation, the checkpoint), once. The test draws ``delay_s`` from its seed."""
+
+    def __init__(self, target: str, delay_s: float, at_round: int = 1, marker: str = ""):
+        self.target, self.delay_s, self.at_round, self.marker = target, delay_s, at_round, marker
+
+    def evaluate(self, model, dataset):
+        if self.driver.round == self.at_round and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            pid = PIDS[self.target]
+            threading.Timer(self.delay_s, os.kill, (pid, signal.SIGKILL)).start()
         return {}

@@ -3,7 +3,9 @@ model saved, a party host killed mid-round recovered with bitwise the same resul
 resumed, SIGTERM stopping cleanly."""
 import gc
 import json
+import logging
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -32,34 +34,83 @@ def same_results(a, b) -> None:
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-SCENARIOS = {
-    "splitnn-worker": ([], "worker0"),
-    "splitnn-server": ([], "server"),
-    "splitfed-v1-worker": (["algorithm=splitfed"], "worker0"),
-    "fedavg-worker": (["algorithm=fedavg"], "worker0"),
-    # the server dies while it serves a worker's link: the worker's stream of results ends early (issue 26)
-    "splitfed-v1-server": (["algorithm=splitfed"], "server"),
+# the fault campaign (issue 26): every algorithm and every role, its party host SIGKILLed from outside
+LAYOUTS = {
+    "splitnn": [],
+    "splitfed-v1": ["algorithm=splitfed"],
+    "splitfed-v2": ["algorithm=splitfed", "splitfed=v2"],
+    "fedavg": ["algorithm=fedavg"],
+    "large-batch": ["algorithm=large_batch_sgd"],
     # clients at work across rounds: the worker's state is in the checkpoint
-    "async-worker": (["schedule=async", "training.clients_per_round=2"], "worker0"),
+    "async": ["schedule=async", "training.clients_per_round=2"],
+    "vertical": ["topology=vertical", "data.num_clients=1", "vertical.holders=[{rows: [0, 4]}, {rows: [4, 8]}]"],
+    "multi-hop": ["topology=multi_hop", "model.cut_layers=[pool1, relu2]"],
 }
+ROLES = {"splitnn": ["worker0", "server"], "splitfed-v1": ["worker0", "server", "fed_server"],
+         "splitfed-v2": ["worker0", "server", "fed_server"], "fedavg": ["worker0", "server"],
+         "large-batch": ["worker0", "server"], "async": ["worker0", "server", "fed_server"],
+         "vertical": ["holder0", "holder1", "server"], "multi-hop": ["worker0", "hop1", "server"]}
+CAMPAIGN = [f"{layout}/{role}" for layout, roles in ROLES.items() for role in roles]
+# in the default suite: one of each algorithm, the server killed while it serves a worker's link among them
+DEFAULT = {"splitnn/server", "splitfed-v1/server", "splitfed-v2/fed_server", "fedavg/worker0", "async/worker0",
+           "vertical/holder1"}
 
 
-@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_a_party_host_killed_mid_round_is_recovered_bitwise(ray_session, tmp_path, scenario, caplog):
-    sets, target = SCENARIOS[scenario]
-    base = [*sets, "training.rounds=3"]
-    # the uninterrupted run, once per config for the session: scenarios of one config share it (and
+@pytest.fixture
+def host_pids(monkeypatch):
+    """Keep recovery_plugins.PIDS up to date: the process id of every party host, read from each actor as it
+    starts (and again when a lost party makes the run restart them)."""
+    import ray
+
+    import recovery_plugins
+    from raysplit import hosts
+
+    start = hosts.start_hosts
+
+    def recording(*args, **kwargs):
+        started = start(*args, **kwargs)
+        pids = ray.get([h.__ray_call__.remote(lambda _: os.getpid()) for h in started.named.values()])
+        recovery_plugins.PIDS.clear()
+        recovery_plugins.PIDS.update(zip(started.named, pids))
+        return started
+    monkeypatch.setattr(hosts, "start_hosts", recording)
+
+
+@pytest.mark.parametrize("case", [c if c in DEFAULT else pytest.param(c, marks=pytest.mark.campaign) for c in CAMPAIGN])
+def test_a_party_host_killed_from_outside_is_recovered_bitwise(ray_session, tmp_path, case, caplog, host_pids):
+    """SIGKILL of a party host's process at a seeded random moment of round 2 of 3 (from the end of round 1's
+    evaluation to 1.5 rounds later): the run completes with metrics (but wall time), ledger and final parameters
+    bitwise those of the run nobody killed."""
+    layout, target = case.split("/")
+    base = [*LAYOUTS[layout], "training.rounds=3"]
+    # the uninterrupted run, once per config for the session: cases of one config share it (and
     # test_network.py reads FedAvg's results directory)
     reference = shared_run(*base)[1]
-    killer = f"plugins=[{{name: '{PLUGINS}KillHostAt', target: {target}, marker: '{tmp_path / 'killed'}'}}]"
-    recovered = run(small_config(*base, killer), progress=False, write=False)
-    assert (tmp_path / "killed").exists(), "the host must have been killed"
+    round_s = float(reference.metrics["wall_s"].median())
+    delay = random.Random(case).uniform(0, 1.5 * round_s)
+    killer = (f"plugins=[{{name: '{PLUGINS}KillFromOutside', target: {target}, delay_s: {delay}, "
+              f"marker: '{tmp_path / 'killed'}'}}]")
+    with caplog.at_level(logging.WARNING, "raysplit"):
+        recovered = run(small_config(*base, killer), progress=False, write=False)
+    lost = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"party host {target} died")]
+    assert len(lost) == 1, f"{target} must have died once, in the run ({delay:.3f}s after round 1's evaluation)"
     same_results(recovered, reference)
     # the failed round's calls that waited on the dead host are dropped refs holding its error: Ray would log
     # each as an "Unhandled error" stack when freed (here, or in whatever runs next); raysplit said it already
     del recovered
     gc.collect()
     assert not [r for r in caplog.records if "Unhandled error" in r.getMessage()]
+
+
+def test_a_party_host_killed_at_a_chosen_message_is_recovered_bitwise(ray_session, tmp_path):
+    """The fault at a moment chosen from inside: the server's process ends itself on its second message of
+    round 2, in a step (the seeded moments above may fall between steps)."""
+    base = ["training.rounds=3"]
+    reference = shared_run(*base)[1]
+    killer = f"plugins=[{{name: '{PLUGINS}KillHostAt', target: server, marker: '{tmp_path / 'killed'}'}}]"
+    recovered = run(small_config(*base, killer), progress=False, write=False)
+    assert (tmp_path / "killed").exists(), "the host must have been killed"
+    same_results(recovered, reference)
 
 
 def test_lost_parties_beyond_max_failures_stop_with_one_line(ray_session):
